@@ -1,0 +1,3 @@
+from reconciler.main import main
+
+raise SystemExit(main())

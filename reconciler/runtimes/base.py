@@ -1,0 +1,36 @@
+"""The one interface every runtime satisfies.  The reconcile loop only speaks to this."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from reconciler.model import HealthResult, Observed, Workload
+
+
+class Runtime(Protocol):
+    name: str
+
+    def observe(self, device: str) -> list[Observed]:
+        """Every workload this runtime runs for ``device`` and that carries our marks (labels, state files).
+        Anything without our marks is never returned, and so never touched."""
+        ...
+
+    def start(self, workload: Workload) -> Observed:
+        """Start ``workload`` next to whatever runs; raises a ReconcilerError subclass on failure."""
+        ...
+
+    def check_health(self, workload: Workload, observed: Observed) -> HealthResult:
+        """Block until the workload is healthy or its health check's timeout passes."""
+        ...
+
+    def stop(self, observed: Observed) -> None:
+        """Stop and remove one workload; stopping one that is already gone is not an error."""
+        ...
+
+    def reload(self, observed: Observed) -> None:
+        """Tell a running workload its detectors changed (SIGHUP)."""
+        ...
+
+    def logs(self, observed: Observed, lines: int = 20) -> str:
+        """The workload's last output lines, for failure messages (secrets are masked by the caller)."""
+        ...
