@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import os
 import sys
 import traceback
@@ -45,7 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"reconciler {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for verb, help_text in COMMANDS.items():
-        module = importlib.import_module(f"reconciler.commands.{verb.replace('-', '_')}")
+        name = f"reconciler.commands.{verb.replace('-', '_')}"
+        if importlib.util.find_spec(name) is None:
+            continue
+        module = importlib.import_module(name)
         p = sub.add_parser(verb, help=help_text, description=help_text)
         module.add_arguments(p)
         p.set_defaults(_module=module)
