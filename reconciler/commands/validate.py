@@ -1,0 +1,32 @@
+"""reconciler validate [PATH] [--rev REV] [--format text|json]"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", nargs="?", default=".", help="fleet directory, or a path inside a git repository")
+    parser.add_argument("--rev", help="validate this git revision (read from git objects, no checkout)")
+    parser.add_argument("--format", choices=["text", "json"], default="text")
+
+
+def run(args: argparse.Namespace) -> int:
+    from reconciler.fleet.source import open_source
+    from reconciler.fleet.validate import validate
+    from reconciler.fleet.view import FleetView
+
+    source = open_source(args.path, args.rev)
+    problems = validate(FleetView(source))
+    if args.format == "json":
+        print(json.dumps({"source": source.label, "valid": not problems,
+                          "problems": [p.to_dict() for p in problems]}, indent=2))
+    else:
+        for p in problems:
+            print(p.format())
+        if problems:
+            print(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in {source.label}")
+        else:
+            print(f"{source.label}: valid")
+    return 1 if problems else 0

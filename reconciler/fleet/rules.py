@@ -1,0 +1,155 @@
+"""Semantic rules that one document can be checked against on its own (no other file needed)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from reconciler.errors import Problem
+from reconciler.fleet.document import Document, Path_
+
+_SIZE = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti)$")
+_MEMORY = re.compile(r"^[0-9]+(\.[0-9]+)?[bkmgBKMG]?$")
+_DURATION = re.compile(r"^([0-9]+(\.[0-9]+)?)([smhd]?)$")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+_SECRET_KEY = re.compile(
+    r"(?i)(pass(word|wd)?|pwd|secret|token|api[-_]?key|access[-_]?key|private[-_]?key|client[-_]?secret|auth)$"
+)
+_SECRET_VALUE = re.compile(
+    r"(AKIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY-----|gh[pousr]_[A-Za-z0-9]{30,}|xox[abprs]-[A-Za-z0-9-]{10,}"
+    r"|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.|[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@)"
+)
+DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds from ``90``, ``"90"``, ``"5m"``, ``"7d"``; None when malformed."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if value >= 0 else None
+    m = _DURATION.match(str(value).strip())
+    return float(m.group(1)) * _DURATION_UNITS[m.group(3)] if m else None
+
+
+def parse_size(value: str) -> int | None:
+    """Bytes from ``100Mi``, ``2Gi``; None when malformed."""
+    m = _SIZE.match(value)
+    if not m:
+        return None
+    unit = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}[m.group(2)]
+    return int(float(value[: -2]) * unit)
+
+
+def parse_memory(value: str) -> int | None:
+    """Bytes from docker-style ``512k``, ``1536m``, ``1g``; None when malformed."""
+    if not _MEMORY.match(value):
+        return None
+    unit = value[-1].lower() if value[-1].isalpha() else "b"
+    number = value[:-1] if value[-1].isalpha() else value
+    return int(float(number) * {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit])
+
+
+def document_rules(doc: Document) -> list[Problem]:
+    spec = doc.spec
+    out: list[Problem] = []
+    if doc.kind == "Fleet":
+        out += _config_rules(doc, ("spec", "defaults"), spec.get("defaults"))
+        for section, fields in (("status", ("heartbeatInterval", "staleAfter")),
+                                ("agent", ("interval", "jitter", "healthTimeout"))):
+            for f in fields:
+                value = (spec.get(section) or {}).get(f)
+                if value is not None and parse_duration(value) is None:
+                    out.append(doc.problem(("spec", section, f),
+                                           f"malformed duration {value!r}: use seconds or a number with s, m, h or d"))
+    elif doc.kind == "Group":
+        out += _config_rules(doc, ("spec", "config"), spec.get("config"))
+        seen: dict[str, tuple[int, str]] = {}
+        for i, pin in enumerate(spec.get("models") or []):
+            name, version = pin["name"], pin["version"]
+            if name in seen:
+                first, first_version = seen[name]
+                out.append(doc.problem(("spec", "models", i, "name"),
+                                       f"group pins model {name!r} twice (versions {first_version!r} at models[{first}] "
+                                       f"and {version!r}): a group runs one version of each model"))
+            else:
+                seen[name] = (i, version)
+        for i, det in enumerate(spec.get("detectors") or []):
+            if "min_time_between_escalations" in det and (
+                not det.get("always_return_edge_prediction", False) or det.get("disable_cloud_escalation", False)
+            ):
+                out.append(doc.problem(
+                    ("spec", "detectors", i, "min_time_between_escalations"),
+                    f"detector {det['detector_id']!r}: min_time_between_escalations is only valid when "
+                    "always_return_edge_prediction is true and disable_cloud_escalation is false"))
+    elif doc.kind == "Device":
+        out += _config_rules(doc, ("spec", "config"), spec.get("config"))
+    elif doc.kind == "Model":
+        for version, v in (spec.get("versions") or {}).items():
+            mem = (v.get("resources") or {}).get("memory")
+            if mem is not None and parse_memory(mem) is None:
+                out.append(doc.problem(("spec", "versions", version, "resources", "memory"),
+                                       f"malformed memory {mem!r}: use a number with b, k, m or g (e.g. 512m, 1g)"))
+    return out
+
+
+def secret_rules(doc: Document) -> list[Problem]:
+    """A value that looks like a secret, by its field name or its shape.  The value itself is never echoed."""
+    out = []
+    for where, key, value in _walk(doc.data, ()):
+        if not isinstance(value, str) or not value.strip():
+            continue
+        if key is not None and key != "credentialsRef" and _SECRET_KEY.search(key):
+            out.append(doc.problem(where, f"field {key!r} looks like a secret: keep secrets on the device and "
+                                          "name them with credentialsRef"))
+        elif _SECRET_VALUE.search(value):
+            out.append(doc.problem(where, "this value looks like a secret (key, token or password in a URL): keep "
+                                          "secrets on the device and name them with credentialsRef"))
+    return out
+
+
+def _walk(node: Any, where: Path_) -> Iterator[tuple[Path_, str | None, Any]]:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield (*where, k), str(k), v
+            yield from _walk(v, (*where, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield (*where, i), None, v
+            yield from _walk(v, (*where, i))
+
+
+def _config_rules(doc: Document, where: Path_, config: Any) -> list[Problem]:
+    if not isinstance(config, dict):
+        return []
+    out: list[Problem] = []
+    log = config.get("inferenceLog")
+    if isinstance(log, dict):
+        has_cap, has_page = "localInferenceStorage" in log, "pageSize" in log
+        if has_cap != has_page:
+            missing = "pageSize" if has_cap else "localInferenceStorage"
+            present = "localInferenceStorage" if has_cap else "pageSize"
+            out.append(doc.problem((*where, "inferenceLog", present),
+                                   f"{present} needs {missing} too: set both or neither"))
+        for f in ("localInferenceStorage", "pageSize"):
+            if f in log and parse_size(str(log[f])) is None:
+                out.append(doc.problem((*where, "inferenceLog", f),
+                                       f"malformed size {log[f]!r}: use a number with Ki, Mi, Gi or Ti (e.g. 100Mi, 2Gi)"))
+    storage = config.get("storage")
+    if isinstance(storage, dict):
+        driver = storage.get("driver")
+        if driver == "s3":
+            s3 = storage.get("s3") or {}
+            missing = [f for f in ("region", "bucket", "path") if not s3.get(f)]
+            if missing:
+                out.append(doc.problem((*where, "storage", "s3") if "s3" in storage else (*where, "storage", "driver"),
+                                       f"s3 storage needs {', '.join(missing)}"))
+        elif driver == "filesystem" and not (storage.get("filesystem") or {}).get("path"):
+            out.append(doc.problem((*where, "storage", "filesystem") if "filesystem" in storage
+                                   else (*where, "storage", "driver"), "filesystem storage needs a path"))
+    mem = (config.get("resources") or {}).get("memory")
+    if isinstance(mem, str) and parse_memory(mem) is None:
+        out.append(doc.problem((*where, "resources", "memory"),
+                               f"malformed memory {mem!r}: use a number with b, k, m or g (e.g. 512m, 1g)"))
+    return out

@@ -1,0 +1,144 @@
+"""Where fleet documents come from: a directory, or one revision of a git repository read from its tree
+objects (no checkout).  Both answer the same three questions, so loading gives identical results."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+import pygit2
+
+from reconciler.errors import NotFound, UsageError
+
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+class Source(Protocol):
+    label: str
+
+    def read(self, path: str) -> bytes | None:
+        """Bytes of the file at ``path`` (relative to the fleet root), or None when it does not exist."""
+        ...
+
+    def names(self, directory: str) -> list[str]:
+        """Document names (file names without .yaml) in ``directory``, sorted."""
+        ...
+
+    def key(self, path: str) -> str | None:
+        """A cache key that changes whenever the file's content does (the blob id in git)."""
+        ...
+
+
+def _doc_names(files: list[str]) -> list[str]:
+    return sorted({f.rsplit(".", 1)[0] for f in files if f.endswith(YAML_SUFFIXES) and not f.startswith(".")})
+
+
+def doc_path(directory: str, name: str, source: Source) -> str:
+    """``directory/name.yaml``, or ``.yml`` when only that exists."""
+    base = f"{directory}/{name}" if directory else name
+    if source.key(base + ".yaml") is None and source.key(base + ".yml") is not None:
+        return base + ".yml"
+    return base + ".yaml"
+
+
+class DirSource:
+    def __init__(self, root: Path) -> None:
+        if not root.is_dir():
+            raise NotFound(f"{root}: no such fleet directory")
+        self.root = root
+        self.label = str(root)
+
+    def read(self, path: str) -> bytes | None:
+        try:
+            return (self.root / path).read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None
+
+    def names(self, directory: str) -> list[str]:
+        try:
+            return _doc_names(os.listdir(self.root / directory))
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def key(self, path: str) -> str | None:
+        try:
+            st = os.stat(self.root / path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return f"{path}:{st.st_mtime_ns}:{st.st_size}"
+
+
+class GitSource:
+    """One commit of a repository; ``subdir`` is where the fleet config lives inside the tree."""
+
+    def __init__(self, repo: pygit2.Repository, rev: str | pygit2.Oid, subdir: str = "") -> None:
+        self.repo = repo
+        self.commit = resolve_commit(repo, rev)
+        self.subdir = subdir.strip("/")
+        tree = self.commit.tree
+        if self.subdir:
+            try:
+                obj = tree[self.subdir]
+            except KeyError:
+                raise NotFound(f"{self.subdir}: no such directory at {self.commit.short_id}") from None
+            tree = repo[obj.id]
+        self.tree: pygit2.Tree = tree
+        self.label = f"{rev if isinstance(rev, str) else ''}@{self.commit.short_id}".lstrip("@")
+
+    def _entry(self, path: str) -> pygit2.Object | None:
+        try:
+            return self.tree[path]
+        except KeyError:
+            return None
+
+    def read(self, path: str) -> bytes | None:
+        entry = self._entry(path)
+        if entry is None or entry.type_str != "blob":
+            return None
+        data: bytes = self.repo[entry.id].data
+        return data
+
+    def names(self, directory: str) -> list[str]:
+        entry = self._entry(directory) if directory else self.tree
+        if entry is None or entry.type_str != "tree":
+            return []
+        sub = self.repo[entry.id]
+        return _doc_names([e.name for e in sub if e.type_str == "blob"])
+
+    def key(self, path: str) -> str | None:
+        entry = self._entry(path)
+        return str(entry.id) if entry is not None and entry.type_str == "blob" else None
+
+    def tree_id(self, directory: str) -> str | None:
+        entry = self._entry(directory) if directory else self.tree
+        return str(entry.id) if entry is not None else None
+
+
+def resolve_commit(repo: pygit2.Repository, rev: str | pygit2.Oid) -> pygit2.Commit:
+    try:
+        obj = repo[rev] if isinstance(rev, pygit2.Oid) else repo.revparse_single(rev)
+        commit = obj.peel(pygit2.Commit)
+    except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError):
+        raise NotFound(f"unknown revision {rev!r} in {repo.path}") from None
+    return commit
+
+
+def open_repo(path: str | Path) -> pygit2.Repository:
+    found = pygit2.discover_repository(str(path))
+    if found is None:
+        raise UsageError(f"{path}: not a git repository (use a directory path without --rev)")
+    return pygit2.Repository(found)
+
+
+def open_source(path: str | Path, rev: str | None) -> Source:
+    """A directory as it is on disk, or with ``rev`` that revision of the repository containing it."""
+    p = Path(path)
+    if rev is None:
+        return DirSource(p)
+    repo = open_repo(p)
+    workdir = Path(repo.workdir).resolve() if repo.workdir else None
+    subdir = ""
+    if workdir is not None and p.resolve() != workdir:
+        subdir = str(p.resolve().relative_to(workdir))
+    return GitSource(repo, rev, subdir)

@@ -1,0 +1,59 @@
+"""Validate a whole fleet revision: every document, every device, every rule; all problems in one run."""
+
+from __future__ import annotations
+
+from reconciler.errors import Problem
+from reconciler.fleet.document import Document, Path_
+from reconciler.fleet.resolve import Resolver
+from reconciler.fleet.view import FleetView
+
+
+def validate(view: FleetView) -> list[Problem]:
+    view.fleet()
+    resolver = Resolver(view)
+    devices = set(view.device_names())
+    aliases = set(resolver.registries)
+    if resolver.fleet is not None:
+        _check_alias(resolver, resolver.fleet, ("spec", "defaults", "registry"), aliases)
+    for name in view.group_names():
+        gdoc = view.group(name)
+        if gdoc is None:
+            continue
+        _check_alias(resolver, gdoc, ("spec", "config", "registry"), aliases)
+        for i, member in enumerate(gdoc.spec.get("members") or []):
+            if member not in devices:
+                resolver.find(gdoc, ("spec", "members", i),
+                              f"group {name!r} names device {member!r}, which has no file devices/{member}.yaml")
+        for i in range(len(gdoc.spec.get("models") or [])):
+            resolver.check_pin(gdoc, i)
+    for name in view.model_names():
+        mdoc = view.model(name)
+        if mdoc is None:
+            continue
+        _check_alias(resolver, mdoc, ("spec", "registry"), aliases)
+        alias = mdoc.spec.get("registry") or (resolver.defaults.get("registry"))
+        for version, v in mdoc.spec["versions"].items():
+            for field_name in ("artifact", "image"):
+                if field_name in v:
+                    ref, _ = resolver.expand(v[field_name], alias)
+                    resolver.check_ref(mdoc, ("spec", "versions", version, field_name), v[field_name], ref)
+            if not v.get("artifact") and not v.get("image"):
+                resolver.find(mdoc, ("spec", "versions", version),
+                              f"version {version!r} has neither artifact nor image: nothing to run")
+    for name in sorted(devices):
+        ddoc = view.device(name)
+        if ddoc is None:
+            continue
+        _check_alias(resolver, ddoc, ("spec", "config", "registry"), aliases)
+        resolver.resolve_one(name)
+    problems = {(p.file, p.line, p.column, p.message): p for p in view.problems() + resolver.problems()}
+    return sorted(problems.values(), key=lambda p: (p.file, p.line, p.column, p.message))
+
+
+def _check_alias(resolver: Resolver, doc: Document, where: Path_, aliases: set[str]) -> None:
+    node: object = doc.data
+    for part in where:
+        node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, str) and node not in aliases:
+        resolver.find(doc, where, f"unknown registry {node!r}: define it under fleet.yaml spec.registries"
+                                  f" (defined: {', '.join(sorted(aliases)) or 'none'})")

@@ -1,0 +1,125 @@
+"""A lazily loaded view of one fleet revision: each document is read, parsed and schema-checked on first use.
+
+Loading one device touches fleet.yaml, groups/, the models that device runs and its own file, never the other
+device files.  Parsed documents are cached by content key (git blob id), so comparing two revisions parses an
+unchanged file once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from reconciler.errors import Problem
+from reconciler.fleet import rules
+from reconciler.fleet.document import Document, parse
+from reconciler.fleet.schema import check
+from reconciler.fleet.source import Source, doc_path
+
+FLEET_FILE = "fleet.yaml"
+DIRS = {"Group": "groups", "Device": "devices", "Model": "models"}
+
+
+@dataclass
+class ParseCache:
+    """Parsed and checked documents by content key; shared between views of several revisions."""
+
+    entries: dict[str, tuple[Document | None, tuple[Problem, ...]]] = field(default_factory=dict)
+    limit: int = 100_000
+
+    def get(self, key: str) -> tuple[Document | None, tuple[Problem, ...]] | None:
+        return self.entries.get(key)
+
+    def put(self, key: str, value: tuple[Document | None, tuple[Problem, ...]]) -> None:
+        if len(self.entries) >= self.limit:
+            self.entries.clear()
+        self.entries[key] = value
+
+
+class FleetView:
+    def __init__(self, source: Source, cache: ParseCache | None = None) -> None:
+        self.source = source
+        self.cache = cache if cache is not None else ParseCache()
+        self._docs: dict[str, Document | None] = {}
+        self._problems: dict[str, tuple[Problem, ...]] = {}
+        self._groups: dict[str, Document] | None = None
+
+    # -- loading -------------------------------------------------------------------------------------------
+    def _load(self, path: str, kind: str, name: str | None) -> Document | None:
+        """The document at ``path`` if it exists and is valid; its problems are recorded either way."""
+        if path in self._docs:
+            return self._docs[path]
+        key = self.source.key(path)
+        if key is None:
+            self._docs[path] = None
+            return None
+        cached = self.cache.get(key)
+        if cached is None:
+            cached = self._check(path, kind, name)
+            self.cache.put(key, cached)
+        doc, problems = cached
+        self._docs[path] = doc if not problems else None
+        self._problems[path] = problems
+        return self._docs[path]
+
+    def _check(self, path: str, kind: str, name: str | None) -> tuple[Document | None, tuple[Problem, ...]]:
+        raw = self.source.read(path)
+        if raw is None:
+            return None, ()
+        doc, problems = parse(path, raw)
+        if doc is None:
+            return None, tuple(problems)
+        problems.extend(rules.secret_rules(doc))
+        if not isinstance(doc.data, dict):
+            return None, (*problems, doc.problem((), f"expected a {kind} document (a mapping), got {type(doc.data).__name__}"))
+        if doc.kind != kind:
+            problems.append(doc.problem(("kind",), f"expected kind {kind!r} in {path}, got {doc.kind!r}"))
+            return None, tuple(problems)
+        problems.extend(check(doc, kind.lower()))
+        if name is not None and doc.name is not None and doc.name != name:
+            problems.append(doc.problem(("metadata", "name"),
+                                        f"metadata.name {doc.name!r} differs from the file name {name!r}"))
+        if not problems:
+            problems.extend(rules.document_rules(doc))
+        return doc, tuple(problems)
+
+    def exists(self, kind: str, name: str) -> bool:
+        return self.source.key(doc_path(DIRS[kind], name, self.source)) is not None
+
+    def fleet(self) -> Document | None:
+        return self._load(FLEET_FILE, "Fleet", None)
+
+    def group(self, name: str) -> Document | None:
+        return self._load(doc_path("groups", name, self.source), "Group", name)
+
+    def model(self, name: str) -> Document | None:
+        return self._load(doc_path("models", name, self.source), "Model", name)
+
+    def device(self, name: str) -> Document | None:
+        return self._load(doc_path("devices", name, self.source), "Device", name)
+
+    def groups(self) -> dict[str, Document]:
+        if self._groups is None:
+            loaded = {n: self.group(n) for n in self.source.names("groups")}
+            self._groups = {n: d for n, d in loaded.items() if d is not None}
+        return self._groups
+
+    def device_names(self) -> list[str]:
+        return self.source.names("devices")
+
+    def model_names(self) -> list[str]:
+        return self.source.names("models")
+
+    def group_names(self) -> list[str]:
+        return self.source.names("groups")
+
+    def is_broken(self, kind: str, name: str) -> bool:
+        """The file exists but failed to load (so references to it are not 'unknown')."""
+        path = doc_path(DIRS[kind], name, self.source)
+        return bool(self._problems.get(path))
+
+    def problems(self) -> list[Problem]:
+        """Problems of every document loaded so far, plus a missing fleet.yaml."""
+        out = [p for ps in self._problems.values() for p in ps]
+        if self.source.key(FLEET_FILE) is None:
+            out.append(Problem(FLEET_FILE, 1, 1, "missing: a fleet repository needs fleet.yaml (kind: Fleet) at its root"))
+        return out
