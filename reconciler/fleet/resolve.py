@@ -108,7 +108,7 @@ class Resolver:
                 first = winners[0]
                 detail = ", ".join(f"{v!r} from group {g!r}" for _, g, v, _ in winners)
                 self.find(self.groups[first[1]], ("spec", "models", first[3], "version"),
-                           f"{{devices}} get model {name!r} at different versions from groups of equal priority "
+                           f"{{devices}} {{get}} model {name!r} at different versions from groups of equal priority "
                            f"{top}: {detail}; give one group a higher priority")
                 continue
             _, group, version, index = winners[0]
@@ -128,14 +128,14 @@ class Resolver:
                 if did in seen:
                     ok = False
                     self.find(gdoc, ("spec", "detectors", i, "detector_id"),
-                               f"{{devices}} get detector {did!r} from groups {seen[did]!r} and {g!r}: "
+                               f"{{devices}} {{get}} detector {did!r} from groups {seen[did]!r} and {g!r}: "
                                "detector ids must be unique on a device")
                     continue
                 seen[did] = g
                 if det["model"] not in running and det["model"] not in pins:
                     ok = False
                     self.find(gdoc, ("spec", "detectors", i, "model"),
-                               f"detector {did!r} is answered by model {det['model']!r}, which {{devices}} do not run")
+                               f"detector {did!r} is answered by model {det['model']!r}, which {{devices}} {{do}} not run")
                     continue
                 detectors.append(Detector(
                     detector_id=did, model=det["model"], group=g,
@@ -171,7 +171,8 @@ class Resolver:
 
     def _assignment(self, device: str, doc: Document, groups: list[str], group: str, index: int,
                     name: str, version: str, config: Mapping[str, Any]) -> ModelAssignment | None:
-        mdoc = self.check_pin(self.groups[group], index)
+        gdoc = self.groups[group]
+        mdoc = self.check_pin(gdoc, index)
         if mdoc is None:
             return None
         versions = mdoc.spec["versions"]
@@ -180,7 +181,7 @@ class Resolver:
             set(groups) & set(access.get("groups") or [])
         ):
             self.find(gdoc, ("spec", "models", index, "name"),
-                       f"model {name!r} is protected: {{devices}} are not in its access list "
+                       f"model {name!r} is protected: {{devices}} {{are}} not in its access list "
                        f"(models/{name}.yaml spec.access) but get it from group {group!r}")
             return None
         v = versions[version]
@@ -246,18 +247,18 @@ class Resolver:
         if runtimes and config.get("runtime") not in runtimes:
             ok = False
             self.find(mdoc, (*where, "runtime"),
-                       f"version {version!r} needs runtime {' or '.join(runtimes)}; {{devices}} use "
+                       f"version {version!r} needs runtime {' or '.join(runtimes)}; {{devices}} {{use}} "
                        f"{config.get('runtime')!r}")
         arch = req.get("arch")
         if arch and "arch" in labels and labels["arch"] not in arch:
             ok = False
             self.find(mdoc, (*where, "arch"),
-                       f"version {version!r} runs on {', '.join(arch)}; {{devices}} are {labels['arch']!r} (label arch)")
+                       f"version {version!r} runs on {', '.join(arch)}; {{devices}} {{are}} {labels['arch']!r} (label arch)")
         for k, v in (req.get("labels") or {}).items():
             if labels.get(k) != v:
                 ok = False
                 self.find(mdoc, (*where, "labels", k),
-                           f"version {version!r} needs label {k}={v}; {{devices}} do not have it")
+                           f"version {version!r} needs label {k}={v}; {{devices}} {{do}} not have it")
         return ok
 
     # -- findings ------------------------------------------------------------------------------------------
@@ -274,8 +275,20 @@ class Resolver:
     def problems(self) -> list[Problem]:
         out = []
         for (file, line, col, field_path, template), devices in self.findings.items():
-            out.append(Problem(file, line, col, template.replace("{devices}", _devices(devices)), field_path))
+            out.append(Problem(file, line, col, fill(template, devices), field_path))
         return out
+
+
+def fill(template: str, devices: Iterable[str]) -> str:
+    """Put the affected devices, and verbs agreeing with their number, into a finding's template."""
+    names = sorted(set(n for n in devices if n))
+    one = len(names) == 1
+    verbs = {"{get}": "gets" if one else "get", "{do}": "does" if one else "do", "{are}": "is" if one else "are",
+             "{use}": "uses" if one else "use"}
+    text = template.replace("{devices}", _devices(names))
+    for k, v in verbs.items():
+        text = text.replace(k, v)
+    return text
 
 
 def _devices(names: Iterable[str]) -> str:

@@ -74,17 +74,19 @@ class GitSource:
 
     def __init__(self, repo: pygit2.Repository, rev: str | pygit2.Oid, subdir: str = "") -> None:
         self.repo = repo
-        self.commit = resolve_commit(repo, rev)
+        obj = _peel(repo, rev)
+        self.commit: pygit2.Commit | None = obj if isinstance(obj, pygit2.Commit) else None
+        self.root_tree: pygit2.Tree = obj.tree if isinstance(obj, pygit2.Commit) else obj
         self.subdir = subdir.strip("/")
-        tree = self.commit.tree
+        tree = self.root_tree
         if self.subdir:
             try:
                 obj = tree[self.subdir]
             except KeyError:
-                raise NotFound(f"{self.subdir}: no such directory at {self.commit.short_id}") from None
+                raise NotFound(f"{self.subdir}: no such directory at {rev}") from None
             tree = repo[obj.id]
         self.tree: pygit2.Tree = tree
-        self.label = f"{rev if isinstance(rev, str) else ''}@{self.commit.short_id}".lstrip("@")
+        self.label = f"{rev if isinstance(rev, str) else ''}@{obj.short_id}".lstrip("@")
 
     def _entry(self, path: str) -> pygit2.Object | None:
         try:
@@ -115,10 +117,13 @@ class GitSource:
         return str(entry.id) if entry is not None else None
 
 
-def resolve_commit(repo: pygit2.Repository, rev: str | pygit2.Oid) -> pygit2.Commit:
+def _peel(repo: pygit2.Repository, rev: str | pygit2.Oid) -> pygit2.Commit | pygit2.Tree:
+    """A commit, or a bare tree (the pre-commit hook validates the index written as a tree)."""
     try:
         obj = repo[rev] if isinstance(rev, pygit2.Oid) else repo.revparse_single(rev)
-        commit = obj.peel(pygit2.Commit)
+        if obj.type_str == "tree":
+            return obj
+        commit: pygit2.Commit = obj.peel(pygit2.Commit)
     except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError):
         raise NotFound(f"unknown revision {rev!r} in {repo.path}") from None
     return commit
@@ -128,7 +133,15 @@ def open_repo(path: str | Path) -> pygit2.Repository:
     found = pygit2.discover_repository(str(path))
     if found is None:
         raise UsageError(f"{path}: not a git repository (use a directory path without --rev)")
-    return pygit2.Repository(found)
+    repo = pygit2.Repository(found)
+    # Inside a pre-receive hook the pushed objects sit in a quarantine directory that libgit2 does not find
+    # on its own: add it, and any alternates git names, so the new tip can be read.
+    for var in ("GIT_QUARANTINE_PATH", "GIT_OBJECT_DIRECTORY"):
+        if os.environ.get(var):
+            repo.odb.add_disk_alternate(os.environ[var])
+    for alt in filter(None, os.environ.get("GIT_ALTERNATE_OBJECT_DIRECTORIES", "").split(os.pathsep)):
+        repo.odb.add_disk_alternate(alt)
+    return repo
 
 
 def open_source(path: str | Path, rev: str | None) -> Source:

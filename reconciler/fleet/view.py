@@ -57,11 +57,13 @@ class FleetView:
             cached = self._check(path, kind, name)
             self.cache.put(key, cached)
         doc, problems = cached
-        self._docs[path] = doc if not problems else None
+        self._docs[path] = doc
         self._problems[path] = problems
         return self._docs[path]
 
     def _check(self, path: str, kind: str, name: str | None) -> tuple[Document | None, tuple[Problem, ...]]:
+        """Parse and check one file.  The document is returned only when its structure is sound (it parsed
+        and matches the schema), so cross-document rules can still run on it when other rules fail."""
         raw = self.source.read(path)
         if raw is None:
             return None, ()
@@ -74,12 +76,13 @@ class FleetView:
         if doc.kind != kind:
             problems.append(doc.problem(("kind",), f"expected kind {kind!r} in {path}, got {doc.kind!r}"))
             return None, tuple(problems)
-        problems.extend(check(doc, kind.lower()))
+        schema_problems = check(doc, kind.lower())
+        if schema_problems:
+            return None, (*problems, *schema_problems)
         if name is not None and doc.name is not None and doc.name != name:
             problems.append(doc.problem(("metadata", "name"),
                                         f"metadata.name {doc.name!r} differs from the file name {name!r}"))
-        if not problems:
-            problems.extend(rules.document_rules(doc))
+        problems.extend(rules.document_rules(doc))
         return doc, tuple(problems)
 
     def exists(self, kind: str, name: str) -> bool:
