@@ -245,6 +245,9 @@ def run_git_server(
         for p in [keydir, *keydir.iterdir(), home / ".gitolite" / "conf" / "gitolite.conf"]:
             os.chown(p, user.pw_uid, user.pw_gid)
         as_git("gitolite", "setup")  # compiles the rules and creates the repo
+        # so that clones check out main (git init's default branch may be master)
+        bare = home / "repositories" / f"{repo}.git"
+        as_git("git", "--git-dir", str(bare), "symbolic-ref", "HEAD", "refs/heads/main")
 
         authorized = home / "authorized_keys"
         options = "no-port-forwarding,no-X11-forwarding,no-agent-forwarding,no-pty"
