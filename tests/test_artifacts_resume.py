@@ -35,7 +35,8 @@ def _wait_for(predicate: object, timeout: float = 10.0) -> None:
     raise AssertionError("condition not met in time")
 
 
-def test_pull_resumes_after_sigkill_and_fetches_only_the_rest(registry: RegistryServer, tmp_path: Path) -> None:
+def test_pull_resumes_after_sigkill_and_fetches_only_the_rest(registry: RegistryServer,
+                                                              tmp_path: Path) -> None:
     big = tmp_path / "weights.bin"
     with open(big, "wb") as f:
         for _ in range(BIG // (8 * 1024 * 1024)):
