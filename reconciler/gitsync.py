@@ -24,7 +24,7 @@ from typing import Any
 import cffi  # type: ignore[import-untyped]
 import pygit2
 
-from reconciler.errors import AuthError, NotFound, PushRejected, Transient
+from reconciler.errors import AuthError, DeadlineExceeded, NotFound, PushRejected, Transient
 
 REMOTE = "origin"
 
@@ -240,6 +240,8 @@ def _translate(exc: pygit2.GitError, url: str, what: str) -> Exception:
         return AuthError(f"{where}: {what} refused: {text}")
     if "certificate" in low or "hostkey" in low or "host key" in low:
         return AuthError(f"{where}: {what}: server identity not verified: {text}")
+    if "timed out" in low:
+        return DeadlineExceeded(f"{where}: {what} timed out: {text}")
     if "does not appear to be a git repository" in low or "could not find repository" in low:
         return NotFound(f"{where}: repository not found ({text})")
     return Transient(f"{where}: {what} failed: {text}")

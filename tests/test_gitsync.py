@@ -5,14 +5,16 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import shutil
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pygit2
 import pytest
 
-from reconciler.errors import AuthError, NotFound, PushRejected, Transient
+from reconciler.errors import AuthError, DeadlineExceeded, NotFound, PushRejected, Transient
 from reconciler.gitsync import FleetMirror, GitAuth, _known_host_keys, redact
 from reconciler.status.writer import StatusWriter
 from tests.services.gitserver import GIT_USER, GitServer
@@ -138,6 +140,29 @@ def test_wrong_port_is_transient(seeded: GitServer, tmp_path: Path) -> None:
     url = f"ssh://{GIT_USER}@127.0.0.1:{port}/fleet"
     with pytest.raises(Transient, match=f"127.0.0.1:{port}/fleet: fetch failed"):
         FleetMirror(tmp_path / "repo", url, auth=auth, timeout=5).fetch()
+
+
+def test_a_server_that_never_answers_hits_the_deadline(tmp_path: Path) -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)  # the kernel completes the handshake; nobody ever speaks ssh
+        url = f"ssh://{GIT_USER}@127.0.0.1:{silent.getsockname()[1]}/fleet"
+        mirror = FleetMirror(tmp_path / "repo", url, auth=GitAuth(known_hosts=tmp_path / "kh"), timeout=0.5)
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match="fetch timed out"):
+            mirror.fetch()
+        assert time.monotonic() - started < 5
+
+
+@pytest.mark.integration
+def test_public_key_is_derived_without_a_pub_file(seeded: GitServer, tmp_path: Path) -> None:
+    lone = tmp_path / "id_dev1"
+    shutil.copy(seeded.key("dev1"), lone)
+    lone.chmod(0o600)
+    auth = GitAuth(ssh_key=lone, known_hosts=seeded.known_hosts, username=GIT_USER)
+    assert str(FleetMirror(tmp_path / "repo", seeded.url(), auth=auth).fetch()) == remote_heads(seeded)[
+        "refs/heads/main"
+    ]
 
 
 @pytest.mark.integration
