@@ -184,7 +184,7 @@ class ProcessRuntime:
         def probe() -> str | None:
             if path is None:
                 return "not running (no state dir)"
-            state = read_json(path / STATE_FILE) or {}
+            state = self._settled_state(path)
             if not self._supervisor_alive(path, state):
                 return "supervisor not running" + _last_exit(state)
             if not _child_alive(state):
@@ -356,8 +356,20 @@ class ProcessRuntime:
             return False
         return MODULE.encode() in cmdline and str(path).encode() in cmdline
 
+    def _settled_state(self, path: Path, patience: float = 1.0) -> dict[str, Any]:
+        """The state file, read again for a moment when the command just died and its live supervisor has not
+        yet recorded how (so a report says "exited with code 3" rather than "not running")."""
+        deadline = time.monotonic() + patience
+        while True:
+            state = read_json(path / STATE_FILE) or {}
+            if state.get("phase") != "running" or _child_alive(state) or time.monotonic() >= deadline:
+                return state
+            if not self._supervisor_alive(path, state):
+                return state
+            time.sleep(0.02)
+
     def _observe_dir(self, path: Path, spec: Mapping[str, Any]) -> Observed:
-        state = read_json(path / STATE_FILE) or {}
+        state = self._settled_state(path)
         notes = []
         if spec.get("gpus") not in (None, 0, "0"):
             notes.append("gpus hint ignored: the process runtime cannot assign GPUs")

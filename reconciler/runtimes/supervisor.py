@@ -116,12 +116,17 @@ class Supervisor:
         return os.open(self.dir / LOG_FILE, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
 
     def _log(self, data: bytes) -> None:
-        os.write(self.log_fd, data)
         # Two halves of the cap: the current file and one previous generation, so a tail survives a rotation.
-        if os.fstat(self.log_fd).st_size >= self.log_max // 2:
-            os.close(self.log_fd)
-            os.replace(self.dir / LOG_FILE, self.dir / OLD_LOG_FILE)
-            self.log_fd = self._open_log()
+        half = max(1, self.log_max // 2)
+        while data:
+            room = half - os.fstat(self.log_fd).st_size
+            if room <= 0:
+                os.close(self.log_fd)
+                os.replace(self.dir / LOG_FILE, self.dir / OLD_LOG_FILE)
+                self.log_fd = self._open_log()
+                continue
+            os.write(self.log_fd, data[:room])
+            data = data[room:]
 
     def _note(self, text: str) -> None:
         self._log(f"[supervisor {time.strftime('%Y-%m-%dT%H:%M:%S')}] {text}\n".encode())
