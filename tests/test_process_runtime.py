@@ -319,8 +319,10 @@ def test_crashing_command_is_restarted_with_doubling_capped_backoff_that_resets(
     exits = [t for kind, t in events if kind == "exit"]
     delays = [starts[i + 1] - exits[i] for i in range(5)]
     # restartBackoff 0.2, doubled, capped at 0.8: 0.2 0.4 0.8 0.8; after a 0.7s run (> 0.5) back to 0.2.
+    # Load only adds latency (interpreter start-up), so the lower bounds are tight; the upper ones stay below
+    # what a missing cap (1.6) or a missing reset (0.8) would give.
     for got, want in zip(delays, [0.2, 0.4, 0.8, 0.8, 0.2], strict=True):
-        assert want - 0.02 <= got <= want + 0.25, delays
+        assert want - 0.02 <= got <= want + 0.5, delays
     (observed,) = rt.observe("edge-1")
     assert observed.restarts >= 5
     assert "exited with code 7" in rt.logs(observed, 50)
