@@ -12,6 +12,7 @@ import base64
 import hashlib
 import ipaddress
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -317,8 +318,8 @@ class RegistryClient:
             ingest.unlink()
             offset = 0
         if offset:
-            with open(ingest, "rb") as f:
-                while block := f.read(CHUNK):
+            with open(ingest, "rb") as existing:
+                while block := existing.read(CHUNK):
                     hasher.update(block)
         if offset < desc.size:
             headers = {"Range": f"bytes={offset}-"} if offset else {}
@@ -333,22 +334,20 @@ class RegistryClient:
                 if offset and (response.status_code != 206 or not _starts_at(response, offset)):
                     # The registry ignored Range: take the full body from the start.
                     hasher, offset = hashlib.sha256(), 0
-                with open(ingest, "ab" if offset else "wb") as f:
+                with open(ingest, "ab" if offset else "wb") as f, _Sink(f, hasher) as sink:
                     written = offset
                     for chunk in response.iter_content(CHUNK):
                         room = desc.size - written
-                        if len(chunk) >= room:
+                        last = len(chunk) >= room
+                        if last:
                             # Endless-data guard: stop reading at the descriptor's size.
                             chunk = chunk[:room]
-                            f.write(chunk)
-                            hasher.update(chunk)
-                            written += len(chunk)
-                            count(len(chunk))
-                            break
-                        f.write(chunk)
-                        hasher.update(chunk)
+                        sink.put(chunk)
                         written += len(chunk)
                         count(len(chunk))
+                        if last:
+                            break
+                    sink.close()
                     f.flush()
                     os.fsync(f.fileno())
             if written < desc.size:
@@ -383,6 +382,49 @@ class RegistryClient:
             return str(digest)
 
         return self._retrying(what, ref, once)
+
+
+class _Sink:
+    """Hashes and writes chunks on a second thread while the first reads the socket.
+
+    hashlib, file writes and socket reads all release the GIL, so on two cores this overlaps them;
+    the queue is bounded, so at most a few chunks are held in memory."""
+
+    def __init__(self, file: Any, hasher: Any) -> None:
+        self._file, self._hasher = file, hasher
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="blob-sink", daemon=True)
+        self._closed = False
+
+    def __enter__(self) -> _Sink:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._hasher.update(chunk)
+                    self._file.write(chunk)
+                except BaseException as error:  # re-raised in the reading thread
+                    self._error = error
+
+    def put(self, chunk: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(chunk)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._queue.put(None)
+            self._thread.join()
+        if self._error is not None:
+            raise self._error
 
 
 def _starts_at(response: requests.Response, offset: int) -> bool:
