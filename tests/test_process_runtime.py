@@ -253,6 +253,7 @@ def test_start_gives_the_command_its_env_cwd_and_resource_limits(
     (now,) = rt.observe("edge-1")
     assert now.state == "running" and now.handle == observed.handle
     assert now.memory_bytes is not None and now.memory_bytes > 1 << 20
+    assert now.cpu_percent is not None and 0 <= now.cpu_percent <= 100
     assert wait_for(lambda: rt.logs(now, 2) == "line one\nline two", what="log tail")
 
 

@@ -125,6 +125,21 @@ def _safe(part: str) -> str:
     return _UNSAFE.sub("_", part)[:64] or "_"
 
 
+def _cpu_percent(pid: int) -> float | None:
+    """Average CPU use since the process started (user + system time over its age), in percent of one core."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    fields = raw[raw.rindex(")") + 2 :].split()
+    hz = os.sysconf("SC_CLK_TCK")
+    age = uptime - int(fields[19]) / hz
+    if age <= 0:
+        return None
+    return round(100.0 * (int(fields[11]) + int(fields[12])) / hz / age, 1)
+
+
 def _vm_rss(pid: int) -> int | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -171,7 +186,7 @@ class ProcessRuntime:
                 return self._observe_dir(existing, read_json(existing / SPEC_FILE) or spec)
             self._remove(existing)
         path = self._create_dir(workload, spec)
-        self._spawn_supervisor(path)
+        self._spawn_supervisor(path, workload)
         state = self._wait_started(path, workload)
         if state.get("spawnError"):
             self._remove(path)
@@ -275,21 +290,25 @@ class ProcessRuntime:
         fsync_dir(self.root)
         return final
 
-    def _spawn_supervisor(self, path: Path) -> None:
+    def _spawn_supervisor(self, path: Path, workload: Workload) -> None:
         package_root = str(Path(__file__).resolve().parents[2])
         env = {"PATH": os.environ.get("PATH", DEFAULT_PATH), "LANG": "C.UTF-8", "PYTHONPATH": package_root}
-        with open(path / "supervisor.log", "ab") as log:
-            launcher = subprocess.Popen(
-                [sys.executable, "-m", MODULE, str(path)],
-                cwd=path,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                start_new_session=True,
-            )
-        # The launcher forks the supervisor and exits at once; reaping it here leaves no zombie behind.
-        launcher.wait(timeout=self.start_timeout)
+        try:
+            with open(path / "supervisor.log", "ab") as log:
+                launcher = subprocess.Popen(
+                    [sys.executable, "-m", MODULE, str(path)],
+                    cwd=path,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    start_new_session=True,
+                )
+            # The launcher forks the supervisor and exits at once; reaping it here leaves no zombie behind.
+            launcher.wait(timeout=self.start_timeout)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            self._remove(path)
+            raise Transient(f"{_what(workload)}: cannot launch its supervisor: {exc}") from None
 
     def _wait_started(self, path: Path, workload: Workload) -> dict[str, Any]:
         deadline = time.monotonic() + self.start_timeout
@@ -373,13 +392,14 @@ class ProcessRuntime:
         notes = []
         if spec.get("gpus") not in (None, 0, "0"):
             notes.append("gpus hint ignored: the process runtime cannot assign GPUs")
-        memory = None
+        memory = cpu = None
         if not self._supervisor_alive(path, state):
             status = "exited"
             notes.insert(0, "supervisor not running" + _last_exit(state))
         elif _child_alive(state):
             status = "running"
             memory = _vm_rss(int(state["childPid"]))
+            cpu = _cpu_percent(int(state["childPid"]))
         else:
             status = "exited"
             wait = max(0.0, float(state.get("nextRestartAt") or 0.0) - time.time())
@@ -392,6 +412,7 @@ class ProcessRuntime:
             state=status,
             started_at=float(state.get("startedAt") or 0.0),
             memory_bytes=memory,
+            cpu_percent=cpu,
             restarts=int(state.get("restarts") or 0),
             message="; ".join(notes),
         )
