@@ -7,6 +7,7 @@ import http.server
 import json
 import os
 import pickle
+import shutil
 import signal
 import socket
 import subprocess
@@ -467,3 +468,15 @@ def test_two_versions_run_side_by_side_and_the_output_log_is_capped(
     rt.stop(old)
     assert [o.version for o in rt.observe("edge-1")] == ["2.0"]
     assert rt.observe("edge-1")[0].handle == new.handle
+
+
+@pytest.mark.integration
+def test_supervisor_whose_state_dir_was_deleted_stops_its_command(
+    data_dir: Path, make_workload: Callable[..., Workload]
+) -> None:
+    rt = ProcessRuntime(data_dir, FAST)
+    observed = rt.start(make_workload("deleted", SLEEPER))
+    state = state_of(data_dir, observed)
+    shutil.rmtree(next((data_dir / "process").glob(f"*{observed.spec_hash}")))
+    wait_for(lambda: not alive(state["supervisorPid"]) and not alive(state["childPid"]), what="both to exit")
+    assert rt.observe("edge-1") == []

@@ -125,7 +125,10 @@ class Supervisor:
                 os.replace(self.dir / LOG_FILE, self.dir / OLD_LOG_FILE)
                 self.log_fd = self._open_log()
                 continue
-            os.write(self.log_fd, data[:room])
+            try:
+                os.write(self.log_fd, data[:room])
+            except OSError:  # disk full: drop output rather than stall or kill the command
+                return
             data = data[room:]
 
     def _note(self, text: str) -> None:
@@ -146,7 +149,10 @@ class Supervisor:
     # -- state -----------------------------------------------------------------------------------------
     def _save(self, **changes: Any) -> None:
         self.state.update(changes, updatedAt=time.time())
-        write_json_atomic(self.dir / STATE_FILE, self.state)
+        # A full disk must not take the model down with its supervisor: the runtime then reads an older
+        # state, and the pid/start-time checks keep that from misleading it.
+        with contextlib.suppress(OSError):
+            write_json_atomic(self.dir / STATE_FILE, self.state)
 
     # -- the child -------------------------------------------------------------------------------------
     def _preexec(self) -> None:
@@ -254,7 +260,9 @@ class Supervisor:
             signal.signal(sig, lambda signum, _frame: self.pending.append(signum))
         self._save()
         while True:
-            for signum in self._take_signals():
+            # A state dir removed by hand means nobody can find us any more: stop rather than linger unseen.
+            orphaned = not (self.dir / SPEC_FILE).exists()
+            for signum in self._take_signals() + ([signal.SIGTERM] if orphaned else []):
                 if signum in (signal.SIGTERM, signal.SIGINT):
                     self._stop_child()
                     self._note("stopped")
@@ -298,7 +306,15 @@ def main(argv: list[str]) -> int:
         return 2
     state_dir = Path(argv[0])
     _detach()
-    return Supervisor(state_dir).run()
+    supervisor = Supervisor(state_dir)
+    try:
+        return supervisor.run()
+    finally:
+        # Even when the supervisor itself fails (its state dir deleted under it), the command must not be
+        # left running with nobody to stop or restart it.
+        if supervisor.child is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(supervisor.child.pid, signal.SIGKILL)
 
 
 if __name__ == "__main__":
