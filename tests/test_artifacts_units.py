@@ -145,3 +145,13 @@ def test_corrupt_archive_is_an_integrity_error(tmp_path: Path) -> None:
     bad.write_bytes(b"\x1f\x8b not really gzip")
     with pytest.raises(IntegrityError, match="not a valid tar\\+gzip archive"):
         extract(bad, tmp_path, compression="tar+gzip", max_bytes=1000, what="layer")
+
+
+def test_cli_verbs_do_not_load_oras_until_they_run() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, reconciler.main as m; m.build_parser(); "
+            "print(sorted(k for k in ('oras', 'requests', 'pygit2') if k in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
