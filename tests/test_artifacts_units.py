@@ -152,6 +152,6 @@ def test_cli_verbs_do_not_load_oras_until_they_run() -> None:
     import sys
 
     code = ("import sys, reconciler.main as m; m.build_parser(); "
-            "print(sorted(k for k in ('oras', 'requests', 'pygit2') if k in sys.modules))")
+            "print(sorted(k for k in ('oras', 'reconciler.artifacts.registry') if k in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
