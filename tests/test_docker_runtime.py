@@ -99,7 +99,7 @@ def test_container_spec_carries_env_mounts_labels_and_resources() -> None:
 
 
 def test_container_spec_without_image_is_a_config_error() -> None:
-    with pytest.raises(InvalidConfig, match="model detector version 1.0: runtime docker needs an image"):
+    with pytest.raises(InvalidConfig, match=r"model detector version 1\.0: runtime docker needs an image"):
         container_spec(_workload(image=None), "127.0.0.1", "unless-stopped")
 
 
@@ -110,7 +110,8 @@ def test_settings_match_what_docker_inspect_reports() -> None:
         "DeviceRequests": [{"Driver": "", "Count": 2, "Capabilities": [["gpu"]]}],
         "PortBindings": {"8080/tcp": [{"HostIp": "0.0.0.0", "HostPort": ""}]},
         "Mounts": [{"Type": "bind", "Source": "/srv/models/a", "Target": MODEL_MOUNT, "ReadOnly": True},
-                   {"Type": "bind", "Source": "/srv/detectors.yaml", "Target": DETECTORS_MOUNT, "ReadOnly": True}],
+                   {"Type": "bind", "Source": "/srv/detectors.yaml", "Target": DETECTORS_MOUNT,
+                    "ReadOnly": True}],
     }}
     wanted = json.loads(json.dumps(settings(w, "0.0.0.0", "on-failure")))
     assert observed_settings(inspect) == wanted
@@ -120,7 +121,8 @@ def test_settings_match_what_docker_inspect_reports() -> None:
 
 def test_stats_maths_as_docker_stats() -> None:
     stats = {
-        "cpu_stats": {"cpu_usage": {"total_usage": 3_000_000}, "system_cpu_usage": 20_000_000, "online_cpus": 2},
+        "cpu_stats": {"cpu_usage": {"total_usage": 3_000_000}, "system_cpu_usage": 20_000_000,
+                      "online_cpus": 2},
         "precpu_stats": {"cpu_usage": {"total_usage": 1_000_000}, "system_cpu_usage": 10_000_000},
         "memory_stats": {"usage": 10_000, "stats": {"cache": 4_000}},
     }
@@ -155,10 +157,10 @@ def pushed(dockerd: DockerDaemon, busybox_image: str, tmp_path_factory: pytest.T
 
 @pytest.fixture
 def runtime(dockerd: DockerDaemon, tmp_path: Path) -> Iterator[DockerRuntime]:
-    rt = get_runtime("docker", tmp_path / "data", {"dockerHost": dockerd.host})
+    rt = get_runtime("docker", tmp_path / "data", {"dockerHost": dockerd.host, "stopTimeout": 1})
     assert isinstance(rt, DockerRuntime)
     yield rt
-    for observed in rt.observe("edge-1") + rt.observe("edge-2"):
+    for observed in rt.observe("edge-1", with_stats=False) + rt.observe("edge-2", with_stats=False):
         rt.stop(observed)
 
 
@@ -212,8 +214,8 @@ def test_first_deploy_runs_the_container_as_declared(
     assert {"MODEL_NAME=detector", "MODEL_VERSION=1.0", f"MODEL_DIR={MODEL_MOUNT}",
             f"DETECTORS_CONFIG={DETECTORS_MOUNT}", "LOG_LEVEL=debug"} <= set(info["Config"]["Env"])
     # The model directory is really read-only inside the container.
-    out = dockerd.docker("exec", observed.handle, "sh", "-c", f"(echo x > {MODEL_MOUNT}/new) 2>&1; echo rc=$?",
-                         check=False)
+    write = f"(echo x > {MODEL_MOUNT}/new) 2>&1; echo rc=$?"
+    out = dockerd.docker("exec", observed.handle, "sh", "-c", write, check=False)
     assert "Read-only file system" in out and "rc=1" in out
     assert not (model_dir / "new").exists()
 
@@ -235,13 +237,14 @@ def test_upgrade_then_downgrade_replaces_the_container(
     assert runtime.check_health(v1, old).healthy
     for new_w, old_obs in ((v2, old), (v1, None)):
         if old_obs is None:  # downgrade: from whatever 2.0 container runs now
-            [old_obs] = runtime.observe("edge-1")
+            [old_obs] = runtime.observe("edge-1", with_stats=False)
         new = runtime.start(new_w)
         # Both run side by side until the new one is healthy.
-        assert {o.version for o in runtime.observe("edge-1")} == {"1.0", "2.0"}
+        assert {o.version for o in runtime.observe("edge-1", with_stats=False)} == {"1.0", "2.0"}
         assert runtime.check_health(new_w, new).healthy
         runtime.stop(old_obs)
-        assert [(o.version, o.handle) for o in runtime.observe("edge-1")] == [(new_w.version, new.handle)]
+        now = runtime.observe("edge-1", with_stats=False)
+        assert [(o.version, o.handle) for o in now] == [(new_w.version, new.handle)]
 
 
 @pytest.mark.integration
@@ -249,8 +252,9 @@ def test_failed_http_health_check_reports_the_containers_last_log_lines(
     runtime: DockerRuntime, pushed: tuple[RegistryServer, str], tmp_path: Path, model_dir: Path,
 ) -> None:
     (tmp_path / "empty").mkdir()
+    script = "echo 'loading weights: checksum mismatch'; exec httpd -f -p 8080 -h /tmp"
     w = _deploy(tmp_path, model_dir, pushed[1], version="3.0", health=HealthCheck(path="/healthz", timeout=2),
-                command=("sh", "-c", "echo 'loading weights: checksum mismatch'; exec httpd -f -p 8080 -h /tmp"))
+                command=("sh", "-c", script))
     observed = runtime.start(w)
     result = runtime.check_health(w, observed)
     assert not result.healthy
@@ -267,7 +271,8 @@ def test_alive_and_image_healthcheck_modes(
     alive = _deploy(tmp_path, model_dir, busybox_image, command=("sleep", "300"), port=None,
                     health=HealthCheck(alive_seconds=0.5))
     assert runtime.check_health(alive, runtime.start(alive)).healthy
-    crash = _deploy(tmp_path, model_dir, busybox_image, version="9", port=None, health=HealthCheck(alive_seconds=3),
+    crash = _deploy(tmp_path, model_dir, busybox_image, version="9", port=None,
+                    health=HealthCheck(alive_seconds=3),
                     command=("sh", "-c", "echo 'fatal: no accelerator'; exit 3"))
     result = runtime.check_health(crash, runtime.start(crash))
     assert not result.healthy and "fatal: no accelerator" in result.message
@@ -305,7 +310,7 @@ def test_a_new_runtime_instance_adopts_running_containers(
 ) -> None:
     w = _deploy(tmp_path, model_dir, busybox_image)
     observed = runtime.start(w)
-    restarted = DockerRuntime(tmp_path / "data", {"dockerHost": dockerd.host})
+    restarted = DockerRuntime(tmp_path / "data", {"dockerHost": dockerd.host, "stopTimeout": 1})
     [adopted] = restarted.observe("edge-1")
     assert (adopted.handle, adopted.spec_hash, adopted.version) == (observed.handle, w.spec_hash, "1.0")
     assert restarted.check_health(w, adopted).healthy
@@ -317,7 +322,8 @@ def test_a_new_runtime_instance_adopts_running_containers(
 def test_foreign_containers_are_never_returned_or_removed(
     dockerd: DockerDaemon, runtime: DockerRuntime, busybox_image: str, tmp_path: Path, model_dir: Path,
 ) -> None:
-    foreign = dockerd.docker("run", "-d", "--label", f"{L_DEVICE}=edge-1", busybox_image, "sleep", "300").strip()
+    foreign = dockerd.docker("run", "-d", "--label", f"{L_DEVICE}=edge-1", busybox_image, "sleep", "300")
+    foreign = foreign.strip()
     other_device = runtime.start(_deploy(tmp_path, model_dir, busybox_image, device="edge-2"))
     try:
         assert runtime.observe("edge-1") == []
@@ -352,14 +358,14 @@ def test_gpu_request_without_a_gpu_runtime_is_a_clear_terminal_error(
     # This dockerd accepts DeviceRequests at create but refuses to start without a GPU runtime; the
     # translation itself is covered by test_container_spec_carries_env_mounts_labels_and_resources.
     w = _deploy(tmp_path, model_dir, busybox_image, resources=Resources(gpus="all"))
-    with pytest.raises(RuntimeUnavailable, match="resources.gpus asks for GPUs"):
+    with pytest.raises(RuntimeUnavailable, match=r"resources\.gpus asks for GPUs"):
         runtime.start(w)
     assert runtime.observe("edge-1") == []
 
 
 @pytest.mark.integration
 def test_image_is_pulled_by_digest_with_the_devices_credentials(
-    dockerd: DockerDaemon, busybox_image: str, secure_registry: RegistryServer, tmp_path: Path, model_dir: Path,
+    dockerd: DockerDaemon, secure_registry: RegistryServer, tmp_path: Path, model_dir: Path,
 ) -> None:
     server = secure_registry
     build_busybox_image(dockerd, tmp_path, "reconciler-test/busybox:pulled", ["ENV FLAVOUR=pulled"])
@@ -369,18 +375,21 @@ def test_image_is_pulled_by_digest_with_the_devices_credentials(
     dockerd.docker("logout", server.address)
     dockerd.docker("rmi", "reconciler-test/busybox:pulled", f"{server.address}/models/pulled:1")
     assert dockerd.docker("images", "-q", "--filter", "reference=*/models/pulled").strip() == ""
-    registry = RegistryConfig("fleet", "127.0.0.1", int(server.address.rsplit(":", 1)[1]), credentials_ref="fleet")
+    port = int(server.address.rsplit(":", 1)[1])
+    registry = RegistryConfig("fleet", "127.0.0.1", port, credentials_ref="fleet")
     w = _deploy(tmp_path, model_dir, ref, registry=registry, command=("sleep", "300"), port=None,
                 health=HealthCheck(alive_seconds=0.2))
 
-    wrong = DockerRuntime(tmp_path, {"dockerHost": dockerd.host, "credentials": CredentialStore(
-        {"fleet": {"username": server.username, "password": "not-the-password"}})})
+    def runtime_with(password: str | None) -> DockerRuntime:
+        store = CredentialStore({"fleet": {"username": server.username, "password": password}})
+        return DockerRuntime(tmp_path, {"dockerHost": dockerd.host, "stopTimeout": 1, "credentials": store})
+
+    wrong = runtime_with("not-the-password")
     with pytest.raises(AuthError) as refused:
         wrong.start(w)
     assert "not-the-password" not in str(refused.value) and (server.password or "?") not in str(refused.value)
 
-    rt = DockerRuntime(tmp_path, {"dockerHost": dockerd.host, "credentials": CredentialStore(
-        {"fleet": {"username": server.username, "password": server.password}})})
+    rt = runtime_with(server.password)
     try:
         observed = rt.start(w)
         assert rt.check_health(w, observed).healthy
@@ -388,10 +397,10 @@ def test_image_is_pulled_by_digest_with_the_devices_credentials(
         assert any(e.method == "GET" and "/manifests/sha256:" in e.path and e.status == 200
                    for e in server.access_entries())
         missing = ref.rsplit("@", 1)[0] + "@sha256:" + "0" * 64
-        with pytest.raises(NotFound, match="version 1.0"):
+        with pytest.raises(NotFound, match=r"version 1\.0"):
             rt.start(_deploy(tmp_path, model_dir, missing, registry=registry))
     finally:
-        for o in rt.observe("edge-1"):
+        for o in rt.observe("edge-1", with_stats=False):
             rt.stop(o)
 
 

@@ -338,13 +338,14 @@ class DockerRuntime:
 
     # -- the Runtime protocol -------------------------------------------------------------------------
 
-    def observe(self, device: str) -> list[Observed]:
+    def observe(self, device: str, with_stats: bool = True) -> list[Observed]:
+        """Our containers for ``device``; ``with_stats`` adds memory and CPU (costs about a second)."""
         client = self.client()
         with self._translate(f"runtime docker: list containers of device {device}"):
             ours = {"label": [f"{L_MANAGED}=true", f"{L_DEVICE}={device}"]}
             found = client.containers.list(all=True, filters=ours)
             # A one-shot stats call waits about a second for a second CPU sample: take them side by side.
-            running = [c for c in found if c.status == "running"]
+            running = [c for c in found if c.status == "running" and with_stats]
             with ThreadPoolExecutor(max_workers=max(1, min(4, len(running)))) as pool:
                 stats = dict(zip([c.id for c in running], pool.map(self._stats, running), strict=True))
             return [self._observed(c, stats.get(c.id)) for c in found]
