@@ -251,7 +251,9 @@ def test_upgrade_then_downgrade_replaces_the_container(
 def test_failed_http_health_check_reports_the_containers_last_log_lines(
     runtime: DockerRuntime, pushed: tuple[RegistryServer, str], tmp_path: Path, model_dir: Path,
 ) -> None:
-    (tmp_path / "empty").mkdir()
+    good = _deploy(tmp_path, model_dir, pushed[1])
+    running = runtime.start(good)
+    assert runtime.check_health(good, running).healthy
     script = "echo 'loading weights: checksum mismatch'; exec httpd -f -p 8080 -h /tmp"
     w = _deploy(tmp_path, model_dir, pushed[1], version="3.0", health=HealthCheck(path="/healthz", timeout=2),
                 command=("sh", "-c", script))
@@ -261,6 +263,21 @@ def test_failed_http_health_check_reports_the_containers_last_log_lines(
     assert "model detector version 3.0: health check failed" in result.message
     assert "HTTP 404" in result.message
     assert "loading weights: checksum mismatch" in result.message
+    # Rolling back is removing the new one: the old version never stopped serving.
+    runtime.stop(observed)
+    [left] = runtime.observe("edge-1", with_stats=False)
+    assert (left.handle, left.version, left.state) == (running.handle, "1.0", "running")
+    assert runtime.check_health(good, left).healthy
+
+
+@pytest.mark.integration
+def test_insecure_registry_the_daemon_does_not_allow_is_a_clear_config_error(
+    dockerd: DockerDaemon, tmp_path: Path, model_dir: Path,
+) -> None:
+    registry = RegistryConfig("lab", "registry.lab.invalid", 5000, skip_tls_verify=True)
+    w = _deploy(tmp_path, model_dir, "registry.lab.invalid:5000/m@sha256:" + "1" * 64, registry=registry)
+    with pytest.raises(InvalidConfig, match=r"add \"registry\.lab\.invalid:5000\" to daemon\.json"):
+        DockerRuntime(tmp_path, {"dockerHost": dockerd.host}).start(w)
 
 
 @pytest.mark.integration
