@@ -48,9 +48,15 @@ class _Revision:
         self.view = FleetView(source, cache)
         self.resolver = Resolver(self.view)
         self.raw = raw  # device blob bytes by blob id, shared by both revisions
+        self._device_set: set[str] | None = None
 
     def devices(self) -> list[str]:
         return self.view.device_names()
+
+    def device_set(self) -> set[str]:
+        if self._device_set is None:
+            self._device_set = set(self.devices())
+        return self._device_set
 
     def _device_bytes(self) -> list[tuple[str, bytes]]:
         out = []
@@ -77,7 +83,7 @@ class _Revision:
             ddoc = self.view.device(name)
             if ddoc is not None and group in self.resolver.groups_of(name, ddoc):
                 out.add(name)
-        return out & set(self.devices())
+        return out & self.device_set()
 
     def users_of_model(self, model: str) -> set[str]:
         out: set[str] = set()
@@ -87,7 +93,7 @@ class _Revision:
         return out
 
     def state(self, device: str) -> tuple[DesiredState | None, list[Problem]]:
-        if device not in self.devices():
+        if device not in self.device_set():
             return None, []
         before = set(self.resolver.findings)
         state = self.resolver.resolve_one(device)
@@ -106,7 +112,7 @@ def plan(repo: pygit2.Repository, base: str, head: str, subdir: str = "") -> Pla
     new = _Revision(GitSource(repo, head, subdir), cache, raw)
     prefix = f"{subdir.strip('/')}/" if subdir.strip("/") else ""
     paths: set[str] = set()
-    for delta in repo.diff(old.source.root_tree, new.source.root_tree).deltas:
+    for delta in old.source.root_tree.diff_to_tree(new.source.root_tree).deltas:
         for p in (delta.old_file.path, delta.new_file.path):
             if p.startswith(prefix):
                 paths.add(p[len(prefix):])
@@ -147,11 +153,11 @@ def compare(device: str, before: DesiredState | None, after: DesiredState | None
         return None
     if before is None:
         assert after is not None
-        lines = ["new device"] + [f"+ model {m.name} {m.version} (group {m.group})" for m in after.models]
-        return DeviceChange(device, "added", tuple(lines), {"after": after.to_dict()})
+        added = ["new device"] + [f"+ model {m.name} {m.version} (group {m.group})" for m in after.models]
+        return DeviceChange(device, "added", tuple(added), {"after": after.to_dict()})
     if after is None:
-        lines = ["device removed"] + [f"- model {m.name} {m.version}" for m in before.models]
-        return DeviceChange(device, "removed", tuple(lines), {"before": before.to_dict()})
+        removed = ["device removed"] + [f"- model {m.name} {m.version}" for m in before.models]
+        return DeviceChange(device, "removed", tuple(removed), {"before": before.to_dict()})
     lines: list[str] = []
     details: dict[str, Any] = {"models": [], "detectors": [], "config": [], "groups": {}}
     added_groups = sorted(set(after.groups) - set(before.groups))

@@ -16,7 +16,7 @@ from reconciler.errors import InvalidConfig, NotFound, Problem
 from reconciler.fleet.document import Document, Path_
 from reconciler.fleet.rules import DIGEST
 from reconciler.fleet.view import FleetView
-from reconciler.model import Detector, DesiredState, HealthCheck, ModelAssignment, RegistryConfig, Resources
+from reconciler.model import DesiredState, Detector, HealthCheck, ModelAssignment, RegistryConfig, Resources
 
 ALL = "all"
 _HOSTLIKE = re.compile(r"[.:]|^localhost$")
@@ -36,10 +36,13 @@ def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
 class Resolver:
     """Resolves devices of one revision.  Group indexes are built once and shared by every device."""
 
-    def __init__(self, view: FleetView) -> None:
+    def __init__(self, view: FleetView, *, all_groups: bool = False) -> None:
+        """With ``all_groups`` every group is loaded and indexed up front (validating or planning many devices);
+        otherwise each device loads only the groups whose bytes can name it (rendering one device)."""
         self.view = view
         self.fleet = view.fleet()
-        self.groups = view.groups()
+        self.all_groups = all_groups
+        self.groups: dict[str, Document] = dict(view.groups()) if all_groups else {}
         fleet_spec = self.fleet.spec if self.fleet else {}
         self.require_digests = bool((fleet_spec.get("policy") or {}).get("requireDigests", True))
         self.registries = {
@@ -63,6 +66,8 @@ class Resolver:
 
     # -- membership ----------------------------------------------------------------------------------------
     def groups_of(self, device: str, doc: Document) -> list[str]:
+        if not self.all_groups:
+            return self._groups_of_lazily(device, doc)
         names = {ALL, *self._by_member.get(device, ()), *(doc.spec.get("groups") or [])}
         labels = doc.labels
         for item in labels.items():
@@ -70,6 +75,28 @@ class Resolver:
                 match = self.groups[g].spec["selector"]["matchLabels"]
                 if all(labels.get(k) == v for k, v in match.items()):
                     names.add(g)
+        return sorted(names)
+
+    def _groups_of_lazily(self, device: str, doc: Document) -> list[str]:
+        # A group can hold a device only by naming it, by a selector whose values are its label values, or by
+        # being named in the device's own file: a group file whose bytes contain none of those strings cannot
+        # concern the device and is not parsed.  YAML escapes or aliases could hide a string: parse those.
+        declared = {ALL, *(doc.spec.get("groups") or [])}
+        labels = doc.labels
+        needles = [device.encode(), *{v.encode() for v in labels.values()}]
+        for name in self.view.group_names():
+            if name in self.groups:
+                continue
+            raw = self.view.raw("groups", name) or b""
+            if name in declared or b"\\" in raw or b"*" in raw or any(n in raw for n in needles):
+                g = self.view.group(name)
+                if g is not None:
+                    self.groups[name] = g
+        names = set(declared)
+        for name, g in self.groups.items():
+            match = (g.spec.get("selector") or {}).get("matchLabels") or {}
+            if device in (g.spec.get("members") or []) or (match and all(labels.get(k) == v for k, v in match.items())):
+                names.add(name)
         return sorted(names)
 
     def priority(self, group: str) -> int:
@@ -123,7 +150,9 @@ class Resolver:
         running = {m.name: m for m in models}
         for g in ordered:
             gdoc = self.groups.get(g)
-            for i, det in enumerate(gdoc.spec.get("detectors") or [] if gdoc else []):
+            if gdoc is None:
+                continue
+            for i, det in enumerate(gdoc.spec.get("detectors") or []):
                 did = det["detector_id"]
                 if did in seen:
                     ok = False
@@ -150,7 +179,7 @@ class Resolver:
         return DesiredState(device=device, labels=doc.labels, groups=tuple(groups), models=tuple(models),
                             detectors=tuple(detectors), config=config,
                             registries={m.registry: self.registries[m.registry] for m in models
-                                        if m.registry in self.registries})
+                                        if m.registry is not None and m.registry in self.registries})
 
     def check_pin(self, gdoc: Document, index: int) -> Document | None:
         """The model document a group's pin names, if the model and version exist."""

@@ -141,10 +141,10 @@ def _config_rules(doc: Document, where: Path_, config: Any) -> list[Problem]:
         driver = storage.get("driver")
         if driver == "s3":
             s3 = storage.get("s3") or {}
-            missing = [f for f in ("region", "bucket", "path") if not s3.get(f)]
-            if missing:
+            absent = [f for f in ("region", "bucket", "path") if not s3.get(f)]
+            if absent:
                 out.append(doc.problem((*where, "storage", "s3") if "s3" in storage else (*where, "storage", "driver"),
-                                       f"s3 storage needs {', '.join(missing)}"))
+                                       f"s3 storage needs {', '.join(absent)}"))
         elif driver == "filesystem" and not (storage.get("filesystem") or {}).get("path"):
             out.append(doc.problem((*where, "storage", "filesystem") if "filesystem" in storage
                                    else (*where, "storage", "driver"), "filesystem storage needs a path"))

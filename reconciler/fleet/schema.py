@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import ValidationError
-from referencing import Registry, Resource
+import jsonschema_rs
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import ValidationError
 
 from reconciler.errors import Problem
 from reconciler.fleet.document import Document, Path_
@@ -23,18 +25,27 @@ def schema_path(name: str) -> Path:
 
 
 @cache
-def _registry() -> Registry:
-    resources = []
-    for path in SCHEMA_DIR.glob("*.schema.json"):
-        resources.append((path.name, Resource.from_contents(json.loads(path.read_text()))))
-    registry: Registry = Registry().with_resources(resources)
-    return registry
+def bundled(name: str) -> dict[str, Any]:
+    """The kind's schema made self-contained: the shared definitions copied in, references made local."""
+    common = json.loads(schema_path("common").read_text())["$defs"]
+    text = schema_path(name).read_text().replace('"common.schema.json#/$defs/', '"#/$defs/')
+    schema: dict[str, Any] = json.loads(text)
+    schema["$defs"] = {**common, **schema.get("$defs", {})}
+    return schema
 
 
 @cache
 def validator(name: str) -> Draft202012Validator:
-    schema = json.loads(schema_path(name).read_text())
-    return Draft202012Validator(schema, registry=_registry())
+    from jsonschema import Draft202012Validator  # only needed to explain a failure: keep start-up fast
+
+    return Draft202012Validator(bundled(name))
+
+
+@cache
+def _fast(name: str) -> Any:
+    # jsonschema-rs answers "valid?" about fifty times faster; jsonschema then explains the rare failures
+    # with every error located, so a 10,000-device fleet validates in seconds.
+    return jsonschema_rs.Draft202012Validator(bundled(name))
 
 
 _TYPE_NAMES = {"string": "a string", "integer": "an integer", "number": "a number", "boolean": "true or false",
@@ -43,6 +54,8 @@ _TYPE_NAMES = {"string": "a string", "integer": "an integer", "number": "a numbe
 
 def check(doc: Document, schema: str) -> list[Problem]:
     """Every schema violation of ``doc``, one located problem each (the deepest, most specific ones)."""
+    if _fast(schema).is_valid(doc.data):
+        return []
     problems: list[Problem] = []
     for error in validator(schema).iter_errors(doc.data):
         problems.extend(_translate(doc, error))

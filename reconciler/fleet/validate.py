@@ -10,7 +10,7 @@ from reconciler.fleet.view import FleetView
 
 def validate(view: FleetView) -> list[Problem]:
     view.fleet()
-    resolver = Resolver(view)
+    resolver = Resolver(view, all_groups=True)
     devices = set(view.device_names())
     aliases = set(resolver.registries)
     if resolver.fleet is not None:

@@ -42,6 +42,7 @@ class FleetView:
         self._docs: dict[str, Document | None] = {}
         self._problems: dict[str, tuple[Problem, ...]] = {}
         self._groups: dict[str, Document] | None = None
+        self._names_cache: dict[str, list[str]] = {}
 
     # -- loading -------------------------------------------------------------------------------------------
     def _load(self, path: str, kind: str, name: str | None) -> Document | None:
@@ -106,14 +107,23 @@ class FleetView:
             self._groups = {n: d for n, d in loaded.items() if d is not None}
         return self._groups
 
+    def _names(self, directory: str) -> list[str]:
+        if directory not in self._names_cache:
+            self._names_cache[directory] = self.source.names(directory)
+        return self._names_cache[directory]
+
     def device_names(self) -> list[str]:
-        return self.source.names("devices")
+        return self._names("devices")
 
     def model_names(self) -> list[str]:
-        return self.source.names("models")
+        return self._names("models")
 
     def group_names(self) -> list[str]:
-        return self.source.names("groups")
+        return self._names("groups")
+
+    def raw(self, directory: str, name: str) -> bytes | None:
+        """The unparsed bytes of a document (for cheap prefilters)."""
+        return self.source.read(doc_path(directory, name, self.source))
 
     def is_broken(self, kind: str, name: str) -> bool:
         """The file exists but failed to load (so references to it are not 'unknown')."""
