@@ -330,6 +330,8 @@ def test_a_new_runtime_instance_adopts_running_containers(
     restarted = DockerRuntime(tmp_path / "data", {"dockerHost": dockerd.host, "stopTimeout": 1})
     [adopted] = restarted.observe("edge-1")
     assert (adopted.handle, adopted.spec_hash, adopted.version) == (observed.handle, w.spec_hash, "1.0")
+    # A tag-only reference: the digest it resolved to is reported (a local-only image has just its id).
+    assert f"image {busybox_image} resolved to sha256:" in adopted.message
     assert restarted.check_health(w, adopted).healthy
     restarted.stop(adopted)
     assert restarted.observe("edge-1") == []
@@ -411,6 +413,11 @@ def test_image_is_pulled_by_digest_with_the_devices_credentials(
         observed = rt.start(w)
         assert rt.check_health(w, observed).healthy
         assert ref in _inspect(dockerd, observed.handle)["Config"]["Image"]
+        tagged = _deploy(tmp_path, model_dir, f"{server.address}/models/pulled:1", registry=registry,
+                         version="tagged", command=("sleep", "300"), port=None)
+        rt.start(tagged)
+        messages = [o.message for o in rt.observe("edge-1", with_stats=False) if o.version == "tagged"]
+        assert messages == [f"image {server.address}/models/pulled:1 resolved to {ref}"]
         assert any(e.method == "GET" and "/manifests/sha256:" in e.path and e.status == 200
                    for e in server.access_entries())
         missing = ref.rsplit("@", 1)[0] + "@sha256:" + "0" * 64

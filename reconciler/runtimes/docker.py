@@ -38,6 +38,7 @@ from reconciler.runtimes import health
 LABEL = "io.edge-reconciler"
 L_MANAGED, L_DEVICE, L_MODEL = f"{LABEL}.managed", f"{LABEL}.device", f"{LABEL}.model"
 L_VERSION, L_SPEC, L_CONFIG = f"{LABEL}.version", f"{LABEL}.spec-hash", f"{LABEL}.config"
+L_RESOLVED = f"{LABEL}.resolved-image"  # the digest a tag-only image reference resolved to
 MODEL_MOUNT = "/model"
 DETECTORS_MOUNT = "/etc/reconciler/detectors.yaml"
 RESTART_POLICIES = ("unless-stopped", "on-failure", "always", "no")
@@ -307,6 +308,13 @@ class DockerRuntime:
                                                  explanation=mask(str(event["error"]), self._secrets))
             return str(client.images.get(ref).id)
 
+    def _resolved(self, client: Any, ref: str, image_id: str) -> str:
+        """``repo@sha256:...`` for a tag-only ``ref`` (the image id when it never came from a registry)."""
+        repository = ref.rsplit(":", 1)[0] if ":" in ref.rsplit("/", 1)[-1] else ref
+        with self._translate(f"image {ref}"):
+            digests = client.images.get(image_id).attrs.get("RepoDigests") or []
+        return next((d for d in digests if d.split("@", 1)[0] == repository), image_id)
+
     def _auth_config(self, workload: Workload) -> dict[str, str] | None:
         registry = workload.registry
         credential = self.credentials.resolve(registry.credentials_ref if registry else None)
@@ -375,7 +383,9 @@ class DockerRuntime:
             problems.append(f"container {container.name} changed by hand: {', '.join(changed)}")
         message = "; ".join(problems)
         if not problems:
-            message = self._published(attrs)
+            resolved = labels.get(L_RESOLVED)
+            shown = [f"image {attrs['Config'].get('Image')} resolved to {resolved}"] if resolved else []
+            message = "; ".join([*shown, self._published(attrs)]).strip("; ")
         return Observed(
             model=labels.get(L_MODEL, ""),
             version=labels.get(L_VERSION, ""),
@@ -414,8 +424,10 @@ class DockerRuntime:
         for path in (workload.model_dir, workload.detectors_config):
             if path and not Path(path).exists():
                 raise NotFound(f"{what}: {path} does not exist (nothing to mount into the container)")
-        self.ensure_image(workload)
+        image_id = self.ensure_image(workload)
         client = self.client()
+        if "@sha256:" not in spec["image"]:
+            spec["labels"][L_RESOLVED] = self._resolved(client, spec["image"], image_id)
         with self._translate(f"{what}: create container"):
             container = client.containers.create(**spec)
         try:
