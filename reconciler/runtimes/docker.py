@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import secrets
 import time
@@ -212,8 +213,6 @@ class DockerRuntime:
     # -- connection and error translation -------------------------------------------------------------
 
     def _where(self) -> str:
-        import os
-
         return self.host or os.environ.get("DOCKER_HOST") or "the default socket (unix:///var/run/docker.sock)"
 
     def client(self) -> Any:
