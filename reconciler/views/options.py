@@ -1,0 +1,45 @@
+"""Command-line options shared by ``status`` and ``history``: where the fleet repo is and how to reach it.
+
+Light to import (``reconciler --help`` loads it); pygit2 loads only in ``open_from_args``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from reconciler.errors import UsageError
+
+if TYPE_CHECKING:
+    from reconciler.views.fleetrepo import FleetRepo
+
+
+def add_repo_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--repo", default=".",
+                        help="a clone or bare repo path (read in place) or a URL: ssh://, https://, file://, "
+                             "user@host:path (fetched into a cache, status branches included); default: .")
+    parser.add_argument("--branch", default="main", help="the fleet branch (default: main)")
+    parser.add_argument("--path", default="", metavar="SUBDIR", help="where the fleet files live in the repo")
+    parser.add_argument("--ssh-key", type=Path, help="private key for ssh URLs")
+    parser.add_argument("--known-hosts", type=Path, help="verify the ssh server against this known_hosts file")
+    parser.add_argument("--cache-dir", type=Path,
+                        help="bare repo that caches a remote URL (default: ~/.cache/reconciler/views/...)")
+
+
+def open_from_args(args: argparse.Namespace) -> FleetRepo:
+    from reconciler.gitsync import GitAuth
+    from reconciler.views.fleetrepo import open_fleet_repo
+
+    auth = GitAuth(ssh_key=args.ssh_key, known_hosts=args.known_hosts)
+    return open_fleet_repo(args.repo, branch=args.branch, subdir=args.path, auth=auth, cache_dir=args.cache_dir)
+
+
+def parse_since(value: str) -> datetime:
+    """``2024-05-01`` or an ISO 8601 time; without a zone it is UTC."""
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--since {value!r}: expected a date like 2024-05-01 or 2024-05-01T12:00:00Z") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
