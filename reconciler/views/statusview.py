@@ -135,7 +135,8 @@ class StatusView:
         commit = self.repo[tip].peel(pygit2.Commit)
         snap = snapshot.read(self.repo, commit, device)
         committed = datetime.fromtimestamp(commit.commit_time, UTC)
-        last_seen = max(committed, snap.last_seen) if snap.last_seen else committed
+        # the device's own heartbeat time; the commit time (same clock) only when the file lacks it
+        last_seen = snap.last_seen or committed
         age = (self.now - last_seen).total_seconds()
         behind = self.behind(snap.applied_commit)
         if snap.applied_commit is None:
@@ -188,8 +189,9 @@ def _rfc3339(when: datetime) -> str:
 def age_text(seconds: float | None) -> str:
     if seconds is None:
         return "never"
-    if seconds < 0:
-        return "in future"
+    if seconds < -300:
+        return "in future"  # the device's clock is ahead: worth a look
+    seconds = max(seconds, 0.0)
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{int(seconds // size)}{unit} ago"
