@@ -55,6 +55,7 @@ class ReconcilerError(Exception):
     """Base of every error shown to a user."""
 
     exit_code = 1
+    reason = "Error"  # CamelCase, for status conditions
 
 
 class UsageError(ReconcilerError):

@@ -133,6 +133,8 @@ class DesiredState:
     detectors: tuple[Detector, ...]
     config: Mapping[str, Any]
     registries: Mapping[str, RegistryConfig] = field(default_factory=dict)
+    # fleet-wide timing in seconds: heartbeatInterval, staleAfter, interval, jitter, healthTimeout
+    settings: Mapping[str, float] = field(default_factory=dict)
 
     def model(self, name: str) -> ModelAssignment | None:
         return next((m for m in self.models if m.name == name), None)
@@ -182,6 +184,36 @@ class Workload:
             "resources": self.resources.to_dict(),
         }
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def workload_to_dict(w: Workload) -> dict[str, Any]:
+    """A plain form of a workload, kept in the agent's state so that a replaced version can be started again."""
+    return {
+        "device": w.device, "model": w.model, "version": w.version, "model_dir": w.model_dir,
+        "detectors_config": w.detectors_config, "command": list(w.command), "image": w.image,
+        "env": [list(p) for p in w.env], "port": w.port, "health": w.health.to_dict(),
+        "resources": w.resources.to_dict(), "reload": w.reload,
+        "registry": None if w.registry is None else {
+            "alias": w.registry.alias, "host": w.registry.host, "port": w.registry.port,
+            "credentials_ref": w.registry.credentials_ref, "skip_tls_verify": w.registry.skip_tls_verify,
+            "plain_http": w.registry.plain_http, "ca_file": w.registry.ca_file},
+    }
+
+
+def workload_from_dict(d: Mapping[str, Any]) -> Workload:
+    h = d.get("health") or {}
+    r = d.get("resources") or {}
+    reg = d.get("registry")
+    return Workload(
+        device=d["device"], model=d["model"], version=d["version"], model_dir=d["model_dir"],
+        detectors_config=d["detectors_config"], command=tuple(d.get("command") or ()), image=d.get("image"),
+        env=tuple((str(k), str(v)) for k, v in d.get("env") or ()), port=d.get("port"),
+        health=HealthCheck(path=h.get("path"), port=h.get("port"), timeout=float(h.get("timeout", 30.0)),
+                           alive_seconds=float(h.get("aliveSeconds", 2.0))),
+        resources=Resources(cpus=r.get("cpus"), memory=r.get("memory"), gpus=r.get("gpus")),
+        reload=d.get("reload", "restart"),
+        registry=None if not reg else RegistryConfig(**reg),
+    )
 
 
 @dataclass(frozen=True)

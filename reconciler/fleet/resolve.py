@@ -14,13 +14,28 @@ from typing import Any
 
 from reconciler.errors import InvalidConfig, NotFound, Problem
 from reconciler.fleet.document import Document, Path_
-from reconciler.fleet.rules import DIGEST
+from reconciler.fleet.rules import DIGEST, parse_duration
 from reconciler.fleet.view import FleetView
 from reconciler.model import DesiredState, Detector, HealthCheck, ModelAssignment, RegistryConfig, Resources
 
 ALL = "all"
 _HOSTLIKE = re.compile(r"[.:]|^localhost$")
 _REPLACED_WHOLE = {"storage"}  # a storage block names one driver: a higher layer replaces it, never mixes
+
+
+DEFAULT_SETTINGS = {"heartbeatInterval": 3600.0, "staleAfter": 7 * 86400.0, "interval": 60.0, "jitter": 30.0,
+                    "healthTimeout": 60.0}
+
+
+def fleet_settings(spec: Mapping[str, Any]) -> dict[str, float]:
+    """Fleet-wide timing in seconds, defaults filled in."""
+    out = dict(DEFAULT_SETTINGS)
+    for section in ("status", "agent"):
+        for key, value in (spec.get(section) or {}).items():
+            seconds = parse_duration(value)
+            if seconds is not None:
+                out[key] = seconds
+    return out
 
 
 def merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -51,6 +66,7 @@ class Resolver:
             for alias, r in (fleet_spec.get("registries") or {}).items()
         }
         self.defaults: dict[str, Any] = dict(fleet_spec.get("defaults") or {})
+        self.settings = fleet_settings(fleet_spec)
         self._by_member: dict[str, list[str]] = defaultdict(list)
         self._by_label: dict[tuple[str, str], list[str]] = defaultdict(list)
         for name, g in self.groups.items():
@@ -179,7 +195,8 @@ class Resolver:
         return DesiredState(device=device, labels=doc.labels, groups=tuple(groups), models=tuple(models),
                             detectors=tuple(detectors), config=config,
                             registries={m.registry: self.registries[m.registry] for m in models
-                                        if m.registry is not None and m.registry in self.registries})
+                                        if m.registry is not None and m.registry in self.registries},
+                            settings=self.settings)
 
     def check_pin(self, gdoc: Document, index: int) -> Document | None:
         """The model document a group's pin names, if the model and version exist."""
@@ -229,12 +246,16 @@ class Resolver:
         if not self._requirements_met(mdoc, version, v.get("requirements") or {}, doc, config):
             return None
         health = v.get("health") or {}
+        offset = int(config.get("portOffset", 0))
+        port = v["port"] + offset if v.get("port") is not None else None
+        health_port = health["port"] + offset if health.get("port") is not None else port
+        command = tuple(a.replace("${MODEL_PORT}", str(port)) if port is not None else a for a in v.get("command") or ())
         res = {**(config.get("resources") or {}), **(v.get("resources") or {})}
         env = {**(config.get("env") or {}), **(v.get("env") or {})}
         return ModelAssignment(
             name=name, version=version, group=group, artifact=refs["artifact"], image=refs["image"],
-            command=tuple(v.get("command") or ()), env=tuple(sorted(env.items())), port=v.get("port"),
-            health=HealthCheck(path=health.get("path"), port=health.get("port", v.get("port")),
+            command=command, env=tuple(sorted(env.items())), port=port,
+            health=HealthCheck(path=health.get("path"), port=health_port,
                                timeout=float(health.get("timeout", 30.0)),
                                alive_seconds=float(health.get("aliveSeconds", 2.0))),
             resources=Resources(cpus=res.get("cpus"), memory=res.get("memory"), gpus=res.get("gpus")),

@@ -104,3 +104,4 @@ def _show(value: Any) -> str:
     if value is None:
         return "nothing"
     return repr(value)
+

@@ -1,0 +1,119 @@
+"""The agent's own configuration: a YAML file local to the device (never in the fleet repo), checked against
+``schemas/agent-config.schema.json``, with environment variables taking precedence."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reconciler.errors import InvalidConfig, NotFound
+from reconciler.fleet.document import Document, parse
+from reconciler.fleet.schema import check
+
+ENV = {
+    "RECONCILER_DEVICE": ("device",),
+    "RECONCILER_REPO_URL": ("repo", "url"),
+    "RECONCILER_REPO_BRANCH": ("repo", "branch"),
+    "RECONCILER_REPO_PATH": ("repo", "path"),
+    "RECONCILER_SSH_KEY": ("repo", "sshKey"),
+    "RECONCILER_KNOWN_HOSTS": ("repo", "knownHosts"),
+    "RECONCILER_TOKEN_FILE": ("repo", "tokenFile"),
+    "RECONCILER_DATA_DIR": ("dataDir",),
+    "RECONCILER_INTERVAL": ("interval",),
+    "RECONCILER_JITTER": ("jitter",),
+    "RECONCILER_DOCKER_HOST": ("dockerHost",),
+}
+_NUMBERS = {"interval", "jitter"}
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    path: Path | None
+    device: str
+    repo_url: str
+    data_dir: Path
+    branch: str = "main"
+    repo_path: str = ""
+    ssh_key: Path | None = None
+    known_hosts: Path | None = None
+    token_file: Path | None = None
+    username: str = "git"
+    credentials: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    interval: float | None = None
+    jitter: float | None = None
+    docker_host: str | None = None
+    git_timeout: float = 60.0
+    pull_timeout: float = 600.0
+    runtime_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def local_repo_path(self) -> Path | None:
+        """The fleet repository's directory when it is on this machine (watched for changes)."""
+        url = self.repo_url
+        if url.startswith("file://"):
+            return Path(url[len("file://"):])
+        if "://" not in url and not url.startswith("git@"):
+            return Path(url)
+        return None
+
+
+def load(path: Path | None, environ: Mapping[str, str] | None = None) -> AgentConfig:
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    label = str(path) if path else "(environment)"
+    doc = Document(label, data, {})
+    if path is not None:
+        try:
+            raw = path.read_bytes()
+        except OSError as exc:
+            raise NotFound(f"{path}: cannot read the agent configuration: {exc.strerror}") from None
+        parsed, problems = parse(label, raw)
+        if parsed is None or problems:
+            raise InvalidConfig(f"{label}: invalid agent configuration", problems)
+        if not isinstance(parsed.data, dict):
+            raise InvalidConfig(f"{label}: invalid agent configuration",
+                                [parsed.problem((), "expected a mapping of settings")])
+        doc = parsed
+        data = doc.data
+    for var, where in ENV.items():
+        value = environ.get(var)
+        if not value:
+            continue
+        node = data
+        for part in where[:-1]:
+            node = node.setdefault(part, {})
+        node[where[-1]] = float(value) if where[-1] in _NUMBERS and _is_number(value) else value
+    problems = check(Document(label, data, doc.positions), "agent-config")
+    if problems:
+        raise InvalidConfig(f"{label}: invalid agent configuration", problems)
+    base = path.parent if path else Path.cwd()
+
+    def p(value: str | None) -> Path | None:
+        return (base / Path(value).expanduser()) if value else None
+
+    repo = data["repo"]
+    url = repo["url"]
+    if "://" not in url and not url.startswith("git@"):
+        url = str(base / Path(url).expanduser())
+    timeouts = data.get("timeouts") or {}
+    return AgentConfig(
+        path=path, device=data["device"], repo_url=url, data_dir=p(data["dataDir"]) or base,
+        branch=repo.get("branch", "main"), repo_path=repo.get("path", "").strip("/"),
+        ssh_key=p(repo.get("sshKey")), known_hosts=p(repo.get("knownHosts")), token_file=p(repo.get("tokenFile")),
+        username=repo.get("username", "git"),
+        credentials={k: {kk: str(p(vv)) if kk.endswith("File") else vv for kk, vv in v.items()}
+                     for k, v in (data.get("credentials") or {}).items()},
+        interval=data.get("interval"), jitter=data.get("jitter"), docker_host=data.get("dockerHost"),
+        git_timeout=float(timeouts.get("git", 60.0)), pull_timeout=float(timeouts.get("pull", 600.0)),
+        runtime_options=dict(data.get("runtimeOptions") or {}),
+    )
+
+
+def _is_number(value: str) -> bool:
+    try:
+        float(value)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,48 @@
+"""reconciler agent --config FILE [--once]"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="agent configuration file (environment variables RECONCILER_* override it)")
+    parser.add_argument("--once", action="store_true",
+                        help="one cycle, then exit: 0 when the device ended it Ready, 1 otherwise")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+    import sys
+    from pathlib import Path
+
+    from reconciler import agentconfig
+    from reconciler.agent import Agent, single_instance
+
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = agentconfig.load(Path(args.config) if args.config else None)
+    with single_instance(config.data_dir):
+        agent = Agent(config)
+        if args.once:
+            cycle = agent.reconciler.run_once()
+            for line in _summary(agent):
+                print(line)
+            return 0 if cycle.ready else 1
+        return agent.run()
+
+
+def _summary(agent: object) -> list[str]:
+    from reconciler.agent import Agent
+
+    assert isinstance(agent, Agent)
+    state = agent.reconciler.state
+    cond = state.conditions.get("Ready", {})
+    lines = [f"{agent.config.device}: {'Ready' if cond.get('status') == 'True' else 'not ready'} "
+             f"({cond.get('reason', '')}) applied {str(state.applied_commit)[:12]}"]
+    if cond.get("status") != "True" and cond.get("message"):
+        lines.append(f"  {cond['message']}")
+    for name, info in sorted(state.models.items()):
+        lines.append(f"  {name} {info.get('version')} {info.get('state')}")
+    return lines

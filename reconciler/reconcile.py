@@ -1,0 +1,399 @@
+"""One reconcile pass of the device agent.
+
+    fetch -> verify (no rewind) -> load desired state -> pull artifacts -> observe + plan -> execute
+    and, whatever happened, report (status.yaml on status/<device>) and save local state.
+
+Each step takes the pass's ``Cycle`` and either fills it in or raises a ReconcilerError that stops the pass.
+A fetch that fails (offline) or a new commit that is invalid or rewinds history does not stop it: the pass
+goes on with the last applied commit, so what runs keeps running and drift is still repaired.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pygit2
+
+from reconciler import detectors as detectors_file
+from reconciler.agentconfig import AgentConfig
+from reconciler.credentials import CredentialStore, mask
+from reconciler.errors import (
+    InvalidConfig,
+    NonFastForward,
+    NotFound,
+    ReconcilerError,
+    Stalled,
+    Transient,
+)
+from reconciler.fleet.resolve import render_device
+from reconciler.fleet.source import GitSource
+from reconciler.fleet.view import FLEET_FILE, FleetView, ParseCache
+from reconciler.gitsync import FleetMirror, GitAuth
+from reconciler.model import DesiredState, Observed, Workload, workload_from_dict, workload_to_dict
+from reconciler.plan import Action, plan
+from reconciler.runtimes import get_runtime
+from reconciler.runtimes.base import Runtime
+from reconciler.state import AgentState
+from reconciler.status import conditions as summarizer
+from reconciler.status import document as status_doc
+from reconciler.status.writer import StatusWriter
+
+log = logging.getLogger("reconciler.agent")
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Cycle:
+    """What one pass learned; the summarizer turns it into phase and conditions."""
+
+    tip: pygit2.Oid | None = None
+    target: pygit2.Oid | None = None  # the commit whose desired state this pass applies
+    key: str | None = None
+    desired: DesiredState | None = None
+    workloads: dict[str, Workload] = field(default_factory=dict)
+    observed: list[Observed] = field(default_factory=list)
+    actions: list[Action] = field(default_factory=list)
+    fetch_error: ReconcilerError | None = None
+    blocked: ReconcilerError | None = None  # the new commit could not be applied (invalid, rewind)
+    error: ReconcilerError | None = None  # what stopped the pass
+    failing: dict[str, str] = field(default_factory=dict)
+    drift: list[str] = field(default_factory=list)
+    did_work: bool = False
+
+    @property
+    def ready(self) -> bool:
+        return self.error is None and self.blocked is None and not self.failing
+
+
+class Reconciler:
+    """Holds what outlives a pass: the mirror, the store, the runtimes, the parse cache and the state."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.data_dir = config.data_dir
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        auth = GitAuth(ssh_key=config.ssh_key, known_hosts=config.known_hosts, token_file=config.token_file,
+                       username=config.username)
+        self.mirror = FleetMirror(self.data_dir / "fleet.git", config.repo_url, config.branch, auth,
+                                  timeout=config.git_timeout)
+        self.writer = StatusWriter(self.mirror, config.device)
+        self.credentials = CredentialStore(config.credentials)
+        self.state = AgentState.load(self.data_dir)
+        self.cache = ParseCache(limit=20_000)
+        self._desired_cache: tuple[str, DesiredState] | None = None
+        self._runtimes: dict[str, Runtime] = {}
+        self._store: Any = None
+        self.last_cycle: Cycle | None = None
+
+    # -- the pass ------------------------------------------------------------------------------------------
+    def run_once(self) -> Cycle:
+        cycle = Cycle()
+        try:
+            for step in (self.fetch, self.verify, self.load, self.pull, self.observe_and_plan, self.execute):
+                step(cycle)
+        except ReconcilerError as exc:
+            cycle.error = exc
+            log.warning("cycle stopped: %s", self._mask(str(exc)).splitlines()[0])
+        finally:
+            self.report(cycle)
+        self.last_cycle = cycle
+        return cycle
+
+    # -- steps ---------------------------------------------------------------------------------------------
+    def fetch(self, cycle: Cycle) -> None:
+        try:
+            cycle.tip = self.mirror.fetch()
+            self.state.observed_commit = str(cycle.tip)
+        except ReconcilerError as exc:
+            cycle.fetch_error = exc
+            if isinstance(exc, Stalled):
+                cycle.blocked = exc  # refused credentials or host key: an operator must act
+            log.warning("fetch failed, working with what was applied: %s", exc)
+        cycle.target = cycle.tip
+        if cycle.target is None:
+            cycle.target = self._applied_oid()
+            if cycle.target is None:
+                raise cycle.fetch_error or NotFound("nothing fetched and nothing applied yet")
+
+    def verify(self, cycle: Cycle) -> None:
+        applied = self._applied_oid()
+        if applied is None or cycle.target is None or cycle.target == applied:
+            return
+        if not self.mirror.is_descendant(cycle.target, applied):
+            cycle.blocked = NonFastForward(
+                f"fetched {self.config.branch} at {str(cycle.target)[:12]} is not a descendant of the applied "
+                f"commit {str(applied)[:12]}: refusing to rewind; keeps running {str(applied)[:12]}")
+            cycle.target = applied
+
+    def load(self, cycle: Cycle) -> None:
+        assert cycle.target is not None
+        cycle.key = self._relevant_key(cycle.target)
+        try:
+            cycle.desired = self._resolve(cycle.target, cycle.key)
+        except (InvalidConfig, NotFound) as exc:
+            applied = self._applied_oid()
+            if applied is None or applied == cycle.target:
+                raise
+            cycle.blocked = exc
+            cycle.target = applied
+            cycle.key = self._relevant_key(applied)
+            cycle.desired = self._resolve(applied, cycle.key)
+        desired = cycle.desired
+        runtime = str(desired.config.get("runtime", "process"))
+        det_path = str(self.data_dir / detectors_file.FILE)
+        for m in desired.models:
+            model_dir = self.data_dir / "models" / m.name / m.version if m.artifact else self.data_dir / "empty"
+            cycle.workloads[m.name] = Workload(
+                device=self.config.device, model=m.name, version=m.version, model_dir=str(model_dir),
+                detectors_config=det_path, command=m.command, image=m.image if runtime == "docker" else None,
+                env=m.env, port=m.port, health=m.health, resources=m.resources, reload=m.reload,
+                registry=desired.registries.get(m.registry) if m.registry else None)
+
+    def pull(self, cycle: Cycle) -> None:
+        """Every artifact of the desired state is in the store before anything running is touched."""
+        assert cycle.desired is not None
+        (self.data_dir / "empty").mkdir(exist_ok=True)
+        for m in cycle.desired.models:
+            if not m.artifact:
+                continue
+            info = self.state.models.setdefault(m.name, {})
+            result = self._store_for().pull(m.artifact, self._client(m.registry, cycle.desired), model=m.name,
+                                            version=m.version)
+            if not result.cached:
+                cycle.did_work = True
+                info.setdefault("pulls", {})[m.version] = round(result.seconds, 3)
+            info.setdefault("digests", {})[m.version] = result.manifest_digest
+
+    def observe_and_plan(self, cycle: Cycle) -> None:
+        assert cycle.desired is not None
+        runtime = self._runtime(str(cycle.desired.config.get("runtime", "process")))
+        cycle.observed = runtime.observe(self.config.device)
+        # workloads left in a runtime the device no longer uses are stopped too
+        for name in [r for r in self.state.runtimes if r != runtime.name]:
+            with contextlib.suppress(ReconcilerError):
+                for o in self._runtime(name).observe(self.config.device):
+                    self._runtime(name).stop(o)
+                    cycle.did_work = True
+        self.state.runtimes = [runtime.name]
+        new_hashes = detectors_file.per_model_hash(cycle.desired.detectors)
+        changed = {m for m in set(new_hashes) | set(self.state.detectors)
+                   if new_hashes.get(m) != self.state.detectors.get(m)}
+        if cycle.key != self.state.applied_key:
+            # a new desired state gets a new chance: forget health failures of the previous one
+            self.state.failed = {h: f for h, f in self.state.failed.items() if f.get("key") == cycle.key}
+        cycle.actions = plan(cycle.workloads, cycle.observed, detectors_changed=changed,
+                             failed=set(self.state.failed))
+
+    def execute(self, cycle: Cycle) -> None:
+        assert cycle.desired is not None
+        runtime = self._runtime(str(cycle.desired.config.get("runtime", "process")))
+        versions = {m.name: m.version for m in cycle.desired.models}
+        detectors_file.write(self.data_dir, cycle.desired.detectors, versions)
+        self.state.detectors = detectors_file.per_model_hash(cycle.desired.detectors)
+        for action in cycle.actions:
+            self._execute(runtime, action, cycle)
+        # what runs now, for status (memory, state); unchanged when no action touched anything
+        now_running = runtime.observe(self.config.device) if cycle.did_work else cycle.observed
+        observed = {o.model: o for o in now_running if o.spec_hash in {w.spec_hash for w in cycle.workloads.values()}}
+        for name, w in cycle.workloads.items():
+            info = self.state.models.setdefault(name, {})
+            o = observed.get(name)
+            perf = info.setdefault("performance", {})
+            if o is not None and o.state == "running" and info.get("specHash") == w.spec_hash:
+                perf["memoryBytes"] = o.memory_bytes
+                perf["cpuPercent"] = round(o.cpu_percent, 2) if o.cpu_percent is not None else None
+            info["desiredVersion"] = w.version
+            assignment = cycle.desired.model(name)
+            info["group"] = assignment.group if assignment else ""
+            if name not in cycle.failing and (o is None or o.state != "running"):
+                cycle.failing[name] = f"not running ({o.state if o else 'missing'})"
+        for name in [m for m in self.state.models if m not in cycle.workloads]:
+            self.state.models.pop(name)
+        if cycle.blocked is None and not cycle.failing:
+            self.state.applied_commit = str(cycle.target)
+            self.state.applied_key = cycle.key
+            if cycle.did_work:
+                self._gc(cycle.desired)
+
+    # -- actions -------------------------------------------------------------------------------------------
+    def _execute(self, runtime: Runtime, action: Action, cycle: Cycle) -> None:
+        model = action.model
+        log.info("%s %s: %s", action.kind, model, action.reason)
+        if action.kind == "stop":
+            for o in action.old:
+                runtime.stop(o)
+            cycle.did_work = True
+            return
+        w = action.workload
+        assert w is not None
+        info = self.state.models.setdefault(model, {})
+        if action.kind == "hold":
+            failure = self.state.failed.get(w.spec_hash, {})
+            cycle.failing[model] = f"version {w.version} failed its health check: {failure.get('message', '')}"
+            return
+        if action.kind == "reload":
+            runtime.reload(action.old[0])
+            return
+        cycle.did_work = True
+        if action.kind == "repair":
+            cycle.drift.append(f"{model} {w.version}: {action.reason}; restarted")
+        # A fixed port cannot be held by two versions at once: stop the old first, and start it again
+        # if the new one fails.  Without a fixed port the new one starts beside the old (no gap).
+        stop_first = action.kind in ("repair", "restart") or (action.kind == "replace" and w.port is not None)
+        previous = info.get("workload")
+        if stop_first:
+            for o in action.old:
+                runtime.stop(o)
+        started = time.monotonic()
+        healthy, message = self._start_and_check(runtime, w)
+        if healthy:
+            if not stop_first:
+                for o in action.old:
+                    runtime.stop(o)
+            digest = (info.get("digests") or {}).get(w.version)
+            if info.get("specHash") != w.spec_hash or info.get("state") != "running":
+                info["since"] = now_iso()
+            info.update({"version": w.version, "specHash": w.spec_hash, "state": "running", "lastError": None,
+                         "digest": digest, "workload": workload_to_dict(w)})
+            perf = info.setdefault("performance", {})
+            perf["startSeconds"] = round(time.monotonic() - started, 3)
+            perf["pullSeconds"] = (info.get("pulls") or {}).get(w.version, perf.get("pullSeconds"))
+            return
+        # roll back: the old version keeps (or goes back to) running
+        message = self._mask(message)
+        self.state.failed[w.spec_hash] = {"model": model, "version": w.version, "message": message[:2000],
+                                          "key": cycle.key, "since": now_iso()}
+        rolled_back = False
+        if stop_first and previous and action.kind == "replace":
+            old = workload_from_dict(previous)
+            ok, _ = self._start_and_check(runtime, old)
+            rolled_back = ok
+        elif action.old:
+            rolled_back = True
+        info["lastError"] = f"version {w.version}: {message}"[:2000]
+        info["since"] = now_iso()
+        info["state"] = "rolledBack" if rolled_back else "failed"
+        if not rolled_back:
+            info["version"] = w.version
+        cycle.failing[model] = (f"version {w.version} failed its health check"
+                                f"{'; rolled back to ' + str(info.get('version')) if rolled_back else ''}: {message}")
+
+    def _start_and_check(self, runtime: Runtime, w: Workload) -> tuple[bool, str]:
+        try:
+            observed = runtime.start(w)
+            result = runtime.check_health(w, observed)
+        except Stalled as exc:
+            return False, str(exc)
+        if result.healthy:
+            return True, ""
+        tail = ""
+        with contextlib.suppress(ReconcilerError, OSError):
+            tail = runtime.logs(observed, 10)
+        with contextlib.suppress(ReconcilerError):
+            runtime.stop(observed)
+        detail = f"{result.message}" + (f"; last output: {tail.strip()[-800:]}" if tail.strip() else "")
+        return False, detail
+
+    # -- report --------------------------------------------------------------------------------------------
+    def report(self, cycle: Cycle) -> None:
+        now = now_iso()
+        facts = summarizer.Facts(error=cycle.error or cycle.blocked, fetch_error=cycle.fetch_error,
+                                 failing=cycle.failing,
+                                 target=str(cycle.target) if cycle.target else None,
+                                 applied=self.state.applied_commit)
+        phase, conditions = summarizer.summarize(facts, self.state.conditions, now)
+        self.state.conditions = summarizer.as_mapping(conditions)
+        for c in conditions:
+            c["message"] = self._mask(c["message"])
+        models = {name: info for name, info in self.state.models.items() if "version" in info}
+        doc = status_doc.build(
+            device=self.config.device, runtime=str(cycle.desired.config.get("runtime")) if cycle.desired else None,
+            observed=self.state.observed_commit, applied=self.state.applied_commit, phase=phase,
+            conditions=conditions, models=models, desired=cycle.desired, drift=cycle.drift, now=now,
+            pending=self.writer.pending(), push_error=self.state.push_error)
+        heartbeat = (cycle.desired.settings.get("heartbeatInterval", 3600.0) if cycle.desired else 3600.0)
+        previous = self.writer.previous_text()
+        due = time.time() - self.state.last_status_commit >= heartbeat
+        try:
+            if due or status_doc.significant(previous) != status_doc.significant(status_doc.render(doc)):
+                message = f"{phase}: {conditions[0]['message'][:200]}" if conditions else phase
+                if self.writer.commit(status_doc.render(doc), message) is not None:
+                    self.state.last_status_commit = time.time()
+            outcome = self.writer.push()
+            self.state.push_error = None if outcome.pushed else outcome.message
+            if not outcome.pushed:
+                log.warning("status not pushed: %s", outcome.message)
+        except ReconcilerError as exc:
+            # refused by the server: never mistaken for success; kept for the next status and the log
+            self.state.push_error = self._mask(str(exc))
+            log.error("status push refused: %s", self.state.push_error)
+        finally:
+            self.state.save(self.data_dir)
+
+    # -- helpers -------------------------------------------------------------------------------------------
+    def _applied_oid(self) -> pygit2.Oid | None:
+        if not self.state.applied_commit:
+            return None
+        oid = pygit2.Oid(hex=self.state.applied_commit)
+        return oid if oid in self.mirror.repo else None
+
+    def _relevant_key(self, commit: pygit2.Oid) -> str:
+        """Ids of everything that can change this device's desired state; equal ids, equal state."""
+        source = GitSource(self.mirror.repo, commit, self.config.repo_path)
+        parts = [source.key(FLEET_FILE), source.tree_id("groups"), source.tree_id("models"),
+                 source.key(f"devices/{self.config.device}.yaml") or source.key(f"devices/{self.config.device}.yml")]
+        return ":".join(p or "-" for p in parts)
+
+    def _resolve(self, commit: pygit2.Oid, key: str) -> DesiredState:
+        if self._desired_cache is not None and self._desired_cache[0] == key:
+            return self._desired_cache[1]
+        view = FleetView(GitSource(self.mirror.repo, commit, self.config.repo_path), self.cache)
+        desired = render_device(view, self.config.device)
+        self._desired_cache = (key, desired)
+        return desired
+
+    def _runtime(self, name: str) -> Runtime:
+        if name not in self._runtimes:
+            options = dict(self.config.runtime_options)
+            options["credentials"] = self.credentials
+            if self.config.docker_host:
+                options["dockerHost"] = self.config.docker_host
+            self._runtimes[name] = get_runtime(name, self.data_dir, options)
+        return self._runtimes[name]
+
+    def _store_for(self) -> Any:
+        if self._store is None:
+            from reconciler.artifacts import ArtifactStore
+
+            self._store = ArtifactStore(self.data_dir)
+        return self._store
+
+    def _client(self, alias: str | None, desired: DesiredState) -> Any:
+        from reconciler.artifacts import RegistryClient
+
+        registry = desired.registries.get(alias) if alias else None
+        credential = self.credentials.resolve(registry.credentials_ref) if registry else None
+        return RegistryClient(registry, credential, deadline_seconds=self.config.pull_timeout)
+
+    def _gc(self, desired: DesiredState) -> None:
+        with contextlib.suppress(ReconcilerError, OSError):
+            self._store_for().gc([(m.name, m.version) for m in desired.models if m.artifact], keep_previous=1)
+
+    def _mask(self, text: str) -> str:
+        secrets: list[str] = []
+        for name in self.config.credentials:
+            with contextlib.suppress(ReconcilerError):
+                cred = self.credentials.resolve(name)
+                if cred is not None:
+                    secrets.extend(cred.secrets())
+        return mask(text, secrets)
+

@@ -1,0 +1,81 @@
+"""The agent's local state: what it applied and runs, written atomically so a power cut leaves the old file or
+the new one (temp file, fsync, rename, fsync the directory)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STATE_FILE = "state.json"
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+@dataclass
+class AgentState:
+    """Mutable during one cycle, saved at its end.  Plain JSON so an operator can read it."""
+
+    applied_commit: str | None = None
+    applied_key: str | None = None
+    observed_commit: str | None = None
+    # model -> {version, specHash, digest, since, state, lastError, performance{...}, group, runtime}
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # specHash -> {model, version, message, commit}: versions that failed their health check at a commit
+    failed: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # model -> hash of its detectors, to tell workloads when theirs changed
+    detectors: dict[str, str] = field(default_factory=dict)
+    # condition type -> {status, reason, message, lastTransitionTime}
+    conditions: dict[str, dict[str, str]] = field(default_factory=dict)
+    runtimes: list[str] = field(default_factory=list)
+    last_status_commit: float = 0.0
+    push_error: str | None = None
+
+    @classmethod
+    def load(cls, data_dir: Path) -> AgentState:
+        path = data_dir / STATE_FILE
+        try:
+            raw = json.loads(path.read_text())
+        except FileNotFoundError:
+            return cls()
+        except (OSError, ValueError):
+            # unreadable state is not fatal: the runtimes' own marks let the next cycle adopt what runs
+            return cls()
+        return cls(
+            applied_commit=raw.get("appliedCommit"), applied_key=raw.get("appliedKey"),
+            observed_commit=raw.get("observedCommit"), models=raw.get("models") or {},
+            failed=raw.get("failed") or {}, detectors=raw.get("detectors") or {},
+            conditions=raw.get("conditions") or {}, runtimes=raw.get("runtimes") or [],
+            last_status_commit=float(raw.get("lastStatusCommit") or 0.0), push_error=raw.get("pushError"),
+        )
+
+    def save(self, data_dir: Path) -> None:
+        doc = {
+            "appliedCommit": self.applied_commit, "appliedKey": self.applied_key,
+            "observedCommit": self.observed_commit, "models": self.models, "failed": self.failed,
+            "detectors": self.detectors, "conditions": self.conditions, "runtimes": self.runtimes,
+            "lastStatusCommit": self.last_status_commit, "pushError": self.push_error,
+        }
+        write_atomic(data_dir / STATE_FILE, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
