@@ -231,8 +231,7 @@ def test_kill_9_mid_deploy_then_restart_converges(lab: Lab) -> None:
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    code = lab.run()
-    assert code == 0, lab.status()
+    assert lab.run() == 0
     dirs = sorted(p.name for p in (lab.data_dir / "process").iterdir() if not p.name.startswith("."))
     assert len(dirs) == 1 and "--2.0--" in dirs[0], dirs
     assert json.loads(lab.get("/healthz")[1])["version"] == "2.0"

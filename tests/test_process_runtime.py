@@ -70,7 +70,7 @@ def pids_under(root: Path) -> list[int]:
 
 
 def state_of(data_dir: Path, observed: Observed) -> dict[str, Any]:
-    (path,) = [p for p in (data_dir / "process").iterdir() if p.name.endswith(observed.spec_hash)]
+    (path,) = [p for p in (data_dir / "process").iterdir() if f"--{observed.spec_hash}--" in p.name]
     doc: dict[str, Any] = json.loads((path / "state.json").read_text())
     return doc
 
@@ -378,7 +378,7 @@ def test_stale_state_dir_whose_pid_was_reused_is_not_adopted_and_the_process_is_
     # After the reboot an unrelated process holds the recorded pids (even with the recorded start time).
     stranger = subprocess.Popen(["sleep", "60"], process_group=0)
     try:
-        state_file = next((data_dir / "process").glob(f"*{observed.spec_hash}")) / "state.json"
+        state_file = next((data_dir / "process").glob(f"*{observed.spec_hash}*")) / "state.json"
         state.update(supervisorPid=stranger.pid, supervisorStart=proc_start_ticks(stranger.pid),
                      childPid=stranger.pid)  # fmt: skip
         state_file.write_text(json.dumps(state))
@@ -463,7 +463,7 @@ def test_two_versions_run_side_by_side_and_the_output_log_is_capped(
     new = rt.start(make_workload("m", SLEEPER, version="2.0"))
     assert {o.version for o in rt.observe("edge-1") if o.state == "running"} == {"1.0", "2.0"}
     assert wait_for(lambda: rt.logs(old, 1) == "line 01999", what="last line")
-    size = sum(p.stat().st_size for p in (data_dir / "process").glob(f"*{old.spec_hash}/output.log*"))
+    size = sum(p.stat().st_size for p in (data_dir / "process").glob(f"*{old.spec_hash}*/output.log*"))
     assert 4096 <= size <= 8192
     rt.stop(old)
     assert [o.version for o in rt.observe("edge-1")] == ["2.0"]
@@ -477,6 +477,6 @@ def test_supervisor_whose_state_dir_was_deleted_stops_its_command(
     rt = ProcessRuntime(data_dir, FAST)
     observed = rt.start(make_workload("deleted", SLEEPER))
     state = state_of(data_dir, observed)
-    shutil.rmtree(next((data_dir / "process").glob(f"*{observed.spec_hash}")))
+    shutil.rmtree(next((data_dir / "process").glob(f"*{observed.spec_hash}*")))
     wait_for(lambda: not alive(state["supervisorPid"]) and not alive(state["childPid"]), what="both to exit")
     assert rt.observe("edge-1") == []

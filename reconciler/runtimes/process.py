@@ -194,7 +194,7 @@ class ProcessRuntime:
         return self._observe_dir(path, spec)
 
     def check_health(self, workload: Workload, observed: Observed) -> HealthResult:
-        path = self._find(observed.spec_hash)
+        path = self._locate(observed)
 
         def probe() -> str | None:
             if path is None:
@@ -216,12 +216,12 @@ class ProcessRuntime:
         return health.alive_check(probe, check.alive_seconds)
 
     def stop(self, observed: Observed) -> None:
-        path = self._find(observed.spec_hash)
+        path = self._locate(observed)
         if path is not None:
             self._remove(path)
 
     def reload(self, observed: Observed) -> None:
-        path = self._find(observed.spec_hash)
+        path = self._locate(observed)
         state = (read_json(path / STATE_FILE) if path is not None else None) or {}
         if path is None or not self._supervisor_alive(path, state):
             what = f"model {observed.model!r} version {observed.version!r}"
@@ -230,7 +230,7 @@ class ProcessRuntime:
         os.kill(int(state["supervisorPid"]), signal.SIGHUP)
 
     def logs(self, observed: Observed, lines: int = 20) -> str:
-        path = self._find(observed.spec_hash)
+        path = self._locate(observed)
         if path is None or lines <= 0:
             return ""
         data = b""
@@ -250,12 +250,20 @@ class ProcessRuntime:
             if path.name.startswith(".") or not path.is_dir():
                 continue
             spec = read_json(path / SPEC_FILE)
-            if spec is not None and path.name.endswith(f"--{spec.get('specHash')}"):
+            if spec is not None and f"--{spec.get('specHash')}--" in f"{path.name}--":
                 found.append((path, spec))
         return found
 
     def _find(self, spec_hash: str) -> Path | None:
         return next((p for p, spec in self._entries() if spec.get("specHash") == spec_hash), None)
+
+    def _locate(self, observed: Observed) -> Path | None:
+        """The state dir of ``observed``: several dirs can hold one spec after a crash mid-start."""
+        paths = [p for p, spec in self._entries() if spec.get("specHash") == observed.spec_hash]
+        for p in paths:
+            if str((read_json(p / STATE_FILE) or {}).get("supervisorPid") or 0) == observed.handle:
+                return p
+        return paths[0] if paths else None
 
     def _spec(self, workload: Workload, argv: list[str], env: dict[str, str]) -> dict[str, Any]:
         res = workload.resources
@@ -280,7 +288,8 @@ class ProcessRuntime:
 
     def _create_dir(self, workload: Workload, spec: dict[str, Any]) -> Path:
         parts = [_safe(workload.device), _safe(workload.model), _safe(workload.version), workload.spec_hash]
-        name = "--".join(parts)
+        # A token per start: a supervisor orphaned by a power cut mid-start never shares a dir with a new one.
+        name = "--".join([*parts, uuid.uuid4().hex[:8]])
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = self.root / f".tmp-{name}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir(mode=0o700)
@@ -388,6 +397,10 @@ class ProcessRuntime:
             time.sleep(0.02)
 
     def _observe_dir(self, path: Path, spec: Mapping[str, Any]) -> Observed:
+        # A supervisor launched just before a crash may still be starting: give it its start timeout.
+        deadline = float(spec.get("createdAt") or 0.0) + self.start_timeout
+        while not (path / STATE_FILE).exists() and time.time() < deadline:
+            time.sleep(0.05)
         state = self._settled_state(path)
         notes = []
         if spec.get("gpus") not in (None, 0, "0"):
