@@ -87,11 +87,41 @@ def _first_parent_chain(repo: pygit2.Repository, tip: pygit2.Oid, since: datetim
     return chain
 
 
-def _entry_id(tree: pygit2.Tree, path: str) -> str | None:
-    try:
-        return str(tree[path].id)
-    except KeyError:
-        return None
+class _TreeIndex:
+    """Entry ids by path, memoized per tree id.  Consecutive commits share most trees, and a 10,000-entry
+    devices/ tree costs a parse per lookup in libgit2, so each distinct tree is read once."""
+
+    def __init__(self, repo: pygit2.Repository) -> None:
+        self.repo = repo
+        self._memo: dict[tuple[pygit2.Oid, str], pygit2.Oid | None] = {}
+        self._last: tuple[pygit2.Oid | None, pygit2.Tree | None] = (None, None)
+
+    def _tree(self, oid: pygit2.Oid) -> pygit2.Tree | None:
+        if self._last[0] != oid:
+            obj = self.repo[oid]
+            self._last = (oid, obj if isinstance(obj, pygit2.Tree) else None)
+        return self._last[1]
+
+    def entry_id(self, commit: pygit2.Commit, path: str) -> str | None:
+        oid: pygit2.Oid | None = commit.tree_id
+        for part in path.split("/"):
+            if oid is None:
+                return None
+            key = (oid, part)
+            if key not in self._memo:
+                tree = self._tree(oid)
+                entry = None
+                if tree is not None:
+                    try:
+                        entry = tree[part]
+                    except KeyError:
+                        entry = None
+                self._memo[key] = entry.id if entry is not None else None
+            oid = self._memo[key]
+        return str(oid) if oid is not None else None
+
+    def key(self, commit: pygit2.Commit, paths: tuple[str, ...]) -> tuple[str | None, ...]:
+        return tuple(self.entry_id(commit, p) for p in paths)
 
 
 def _prefixed(fleet: FleetRepo, *paths: str) -> tuple[str, ...]:
@@ -125,13 +155,14 @@ class _DeviceResolver:
         self.paths = _prefixed(fleet, FLEET_FILE, "groups", "models", f"devices/{device}.yaml",
                                f"devices/{device}.yml")
         self.cache = ParseCache()
+        self.index = _TreeIndex(fleet.repo)
         self._by_key: dict[tuple[str | None, ...], _Resolved] = {}
 
     def key(self, commit: pygit2.Commit) -> tuple[str | None, ...]:
-        return tuple(_entry_id(commit.tree, p) for p in self.paths)
+        return self.index.key(commit, self.paths)
 
-    def at(self, commit: pygit2.Commit) -> _Resolved:
-        key = self.key(commit)
+    def at(self, commit: pygit2.Commit, key: tuple[str | None, ...] | None = None) -> _Resolved:
+        key = key or self.key(commit)
         if key not in self._by_key:
             self._by_key[key] = self._resolve(commit) if key[3] or key[4] else _Resolved(None, None)
         return self._by_key[key]
@@ -153,15 +184,15 @@ def desired_for_device(fleet: FleetRepo, device: str, since: datetime | None = N
     repo = fleet.repo
     resolver = _DeviceResolver(fleet, device)
     good: DesiredState | None = None  # the last valid state: what the device keeps running through an invalid one
-    first = True
+    previous_key: tuple[str | None, ...] | None = None  # the parent's, i.e. the previous commit's in the chain
     for commit in _first_parent_chain(repo, fleet.main_tip(), since):
-        if first:
-            first = False
-            parent = commit.parents[0] if commit.parent_ids else None
-            good = resolver.at(parent).state if parent is not None else None
-        elif commit.parent_ids and resolver.key(commit) == resolver.key(commit.parents[0]):
+        key = resolver.key(commit)
+        if previous_key is None and commit.parent_ids:
+            good = resolver.at(commit.parents[0]).state
+        elif key == previous_key:
             continue
-        now = resolver.at(commit)
+        previous_key = key
+        now = resolver.at(commit, key)
         lines: tuple[str, ...] = ()
         if now.problem is not None:
             lines = (f"! desired state invalid, the device keeps its last good state: {now.problem}",)
@@ -178,10 +209,11 @@ def desired_for_model(fleet: FleetRepo, model: str, since: datetime | None = Non
     repo = fleet.repo
     paths = _prefixed(fleet, FLEET_FILE, "groups", f"models/{model}.yaml", f"models/{model}.yml", "devices")
     mentions = re.compile(rf"^[+~-] model {re.escape(model)}[ :]")
+    index = _TreeIndex(repo)
     for commit in _first_parent_chain(repo, fleet.main_tip(), since):
         if commit.parent_ids:
             parent = commit.parents[0]
-            if all(_entry_id(commit.tree, p) == _entry_id(parent.tree, p) for p in paths):
+            if index.key(commit, paths) == index.key(parent, paths):
                 continue
             try:
                 result = plan(repo, str(parent.id), str(commit.id), fleet.subdir)
