@@ -26,8 +26,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import pygit2
+
     from reconciler.fleet.rules import parse_duration
     from reconciler.views.statusview import StatusView
+
+    # Every status commit and tree is read once; libgit2's object cache would keep all 10,000 of them
+    # (14 MiB at that size) for no second use.  Process-wide, so it is set here in the verb, not in the view.
+    pygit2.settings.enable_caching(False)
 
     stale_after = None
     if args.stale_after is not None:
