@@ -33,15 +33,17 @@ def run(args: argparse.Namespace) -> int:
 
     # Every status commit and tree is read once; libgit2's object cache would keep all 10,000 of them
     # (14 MiB at that size) for no second use.  Process-wide, so it is set here in the verb, not in the view.
-    pygit2.settings.enable_caching(False)
-
     stale_after = None
     if args.stale_after is not None:
         stale_after = parse_duration(args.stale_after)
         if stale_after is None:
             raise UsageError(f"--stale-after {args.stale_after!r}: expected seconds or a duration like 12h or 7d")
-    view = StatusView(open_from_args(args), stale_after=stale_after)
-    (write_json if args.format == "json" else write_table)(view, sys.stdout)
+    pygit2.settings.enable_caching(False)
+    try:
+        view = StatusView(open_from_args(args), stale_after=stale_after)
+        (write_json if args.format == "json" else write_table)(view, sys.stdout)
+    finally:
+        pygit2.settings.enable_caching(True)  # libgit2's default, for callers in the same process (tests)
     return 0
 
 
