@@ -13,8 +13,7 @@ from reconciler.views.options import add_repo_arguments, open_from_args
 if TYPE_CHECKING:
     from reconciler.views.statusview import DeviceRow, StatusView
 
-MODELS_WIDTH = 36
-TABLE_ERROR_LIMIT = 60
+TABLE_ERROR_LIMIT = 50
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,8 +59,8 @@ def _cells(row: DeviceRow) -> list[str]:
         row.convergence,
         age_text(row.age_seconds),
         ("yes" if row.stale else "no") if row.seen else "-",
-        ", ".join(row.models) or "-",
         error or "-",
+        ", ".join(row.models) or "-",
     ]
 
 
@@ -69,8 +68,9 @@ def write_table(view: StatusView, out: TextIO) -> None:
     # Widths come from what is known before any status document is read, so rows print as they are made.
     device_width = max([len("DEVICE"), *(len(d) + 15 for d in view.devices if d not in view.fleet_devices),
                         *(len(d) for d in view.devices)])
-    widths = [device_width, 11, 12, 9, 5, MODELS_WIDTH]
-    header = ["DEVICE", "PHASE", "APPLIED", "LAST SEEN", "STALE", "MODELS", "LAST ERROR"]
+    # models, the one column of unknown width, comes last so that it cannot push the others out of line
+    widths = [device_width, 11, 12, 9, 5, TABLE_ERROR_LIMIT]
+    header = ["DEVICE", "PHASE", "APPLIED", "LAST SEEN", "STALE", "LAST ERROR", "MODELS"]
 
     def line(cells: list[str]) -> str:
         return "  ".join(c.ljust(w) for c, w in zip(cells, [*widths, 0], strict=True)).rstrip()
