@@ -177,6 +177,7 @@ class Reconciler:
         assert cycle.desired is not None
         runtime = self._runtime(str(cycle.desired.config.get("runtime", "process")))
         cycle.observed = runtime.observe(self.config.device)
+        self._adopt(runtime, cycle)
         # workloads left in a runtime the device no longer uses are stopped too
         for name in [r for r in self.state.runtimes if r != runtime.name]:
             with contextlib.suppress(ReconcilerError):
@@ -247,8 +248,10 @@ class Reconciler:
         if action.kind == "repair":
             cycle.drift.append(f"{model} {w.version}: {action.reason}; restarted")
         # A fixed port cannot be held by two versions at once: stop the old first, and start it again
-        # if the new one fails.  Without a fixed port the new one starts beside the old (no gap).
-        stop_first = action.kind in ("repair", "restart") or (action.kind == "replace" and w.port is not None)
+        # if the new one fails.  Without a fixed port, or on a runtime that gives each workload its own host
+        # port (docker), the new one starts beside the old (no gap, and a failed one leaves the old untouched).
+        stop_first = action.kind in ("repair", "restart") or (
+            action.kind == "replace" and w.port is not None and not runtime.parallel_ports)
         previous = info.get("workload")
         if stop_first:
             for o in action.old:
@@ -286,6 +289,27 @@ class Reconciler:
             info["version"] = w.version
         cycle.failing[model] = (f"version {w.version} failed its health check"
                                 f"{'; rolled back to ' + str(info.get('version')) if rolled_back else ''}: {message}")
+
+    def _adopt(self, runtime: Runtime, cycle: Cycle) -> None:
+        """A running workload of the desired spec that this agent never saw healthy (it was killed during the
+        health check, or lost its state) must pass the check now, before it counts as the running version and
+        before the version it replaces is stopped.  One that fails is removed: the plan then replaces it
+        again, with rollback."""
+        for o in list(cycle.observed):
+            w = cycle.workloads.get(o.model)
+            info = self.state.models.setdefault(o.model, {})
+            if w is None or o.spec_hash != w.spec_hash or o.state != "running" or o.drifted or (
+                    info.get("specHash") == w.spec_hash):
+                continue
+            cycle.did_work = True
+            if runtime.check_health(w, o).healthy:
+                log.info("adopted %s %s (%s)", o.model, o.version, o.handle[:12])
+                info.update({"version": w.version, "specHash": w.spec_hash, "state": "running", "lastError": None,
+                             "digest": (info.get("digests") or {}).get(w.version), "since": now_iso(),
+                             "workload": workload_to_dict(w)})
+            else:
+                runtime.stop(o)
+                cycle.observed.remove(o)
 
     def _start_and_check(self, runtime: Runtime, w: Workload) -> tuple[bool, str]:
         try:

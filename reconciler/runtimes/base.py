@@ -9,6 +9,9 @@ from reconciler.model import HealthResult, Observed, Workload
 
 class Runtime(Protocol):
     name: str
+    # True when two versions of a model can run at once even with a fixed ``port`` (Docker publishes each
+    # container on its own host port), so a replacement starts the new version before stopping the old.
+    parallel_ports: bool
 
     def observe(self, device: str) -> list[Observed]:
         """Every workload this runtime runs for ``device`` and that carries our marks (labels, state files).

@@ -194,6 +194,7 @@ def _trim_logs(text: str, lines: int = LOG_LINES) -> str:
 
 class DockerRuntime:
     name = "docker"
+    parallel_ports = True  # the container port is published on a host port Docker picks per container
 
     def __init__(self, data_dir: Path, options: Mapping[str, Any]) -> None:
         self.data_dir = Path(data_dir)

@@ -152,6 +152,7 @@ def _vm_rss(pid: int) -> int | None:
 
 class ProcessRuntime:
     name = "process"
+    parallel_ports = False  # a fixed port is a host port: two versions cannot hold it at once
 
     def __init__(self, data_dir: Path, options: Mapping[str, Any]) -> None:
         self.root = Path(data_dir).absolute() / "process"
