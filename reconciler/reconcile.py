@@ -51,6 +51,12 @@ def now_iso() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _digest(info: dict[str, Any], w: Workload) -> str | None:
+    """The digest status reports: the artifact's manifest, else (an image-only model) the pinned image's."""
+    pulled: str | None = (info.get("digests") or {}).get(w.version)
+    return pulled or (w.image.partition("@")[2] or None if w.image else None)
+
+
 @dataclass
 class Cycle:
     """What one pass learned; the summarizer turns it into phase and conditions."""
@@ -262,7 +268,7 @@ class Reconciler:
             if not stop_first:
                 for o in action.old:
                     runtime.stop(o)
-            digest = (info.get("digests") or {}).get(w.version)
+            digest = _digest(info, w)
             if info.get("specHash") != w.spec_hash or info.get("state") != "running":
                 info["since"] = now_iso()
             info.update({"version": w.version, "specHash": w.spec_hash, "state": "running", "lastError": None,
@@ -305,7 +311,7 @@ class Reconciler:
             if runtime.check_health(w, o).healthy:
                 log.info("adopted %s %s (%s)", o.model, o.version, o.handle[:12])
                 info.update({"version": w.version, "specHash": w.spec_hash, "state": "running", "lastError": None,
-                             "digest": (info.get("digests") or {}).get(w.version), "since": now_iso(),
+                             "digest": _digest(info, w), "since": now_iso(),
                              "workload": workload_to_dict(w)})
             else:
                 runtime.stop(o)

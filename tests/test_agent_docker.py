@@ -36,12 +36,13 @@ pytestmark = pytest.mark.integration
 VERSIONS = ("1.0", "2.0", "3.0")
 # busybox httpd serving what a user would check: the version it runs, the model's weights (read through the
 # read-only MODEL_DIR mount), and /healthz unless the version is meant to fail its health check.
-SERVE = ("mkdir -p /tmp/w && echo $MODEL_VERSION > /tmp/w/version && cat $MODEL_DIR/weights.bin > /tmp/w/weights"
-         " && {healthz} exec httpd -f -p 8080 -h /tmp/w")
+SERVE = ("mkdir -p /tmp/w && echo $MODEL_VERSION > /tmp/w/version && {weights} {healthz}"
+         " exec httpd -f -p 8080 -h /tmp/w")
 
 
-def serve_command(healthz: bool = True, delay: float = 0) -> list[str]:
-    script = SERVE.format(healthz="echo ok > /tmp/w/healthz &&" if healthz else "")
+def serve_command(healthz: bool = True, delay: float = 0, weights: bool = True) -> list[str]:
+    script = SERVE.format(healthz="echo ok > /tmp/w/healthz &&" if healthz else "",
+                          weights="cat $MODEL_DIR/weights.bin > /tmp/w/weights &&" if weights else "")
     return ["sh", "-c", (f"sleep {delay:g}; " if delay else "") + script]
 
 
@@ -64,6 +65,7 @@ class DockerLab(Lab):
                 "artifact": self.refs[v], "image": self.images[v], "command": serve_command(), "port": 8080,
                 "health": {"path": "/healthz", "timeout": 10}, "resources": {"cpus": 0.5, "memory": "64m"}}
             entry.update((overrides or {}).get(v, {}))
+            entry = {k: value for k, value in entry.items() if value is not None}
             versions[v] = entry
         return yaml.safe_dump({"apiVersion": "fleet/v1", "kind": "Model", "metadata": {"name": "counter"},
                                "spec": {"versions": versions}})
@@ -280,6 +282,16 @@ def test_agent_killed_mid_deploy_then_next_run_adopts(lab: DockerLab) -> None:
     # adopted only after passing the health check it never finished: healthy now, and reported as 2.0
     assert get(c, "/healthz")[0] == 200 and serving(c) == "2.0"
     assert model_state(lab)["version"] == "2.0" and lab.status()["phase"] == "Ready"
+
+
+def test_image_only_model_reports_the_image_digest(lab: DockerLab) -> None:
+    image_only = {"1.0": {"artifact": None, "command": serve_command(weights=False)}}
+    lab.commit({"models/counter.yaml": lab.docker_model_yaml(image_only)}, "no artifact")
+    assert lab.run() == 0
+    c = only(lab.daemon)
+    assert serving(c) == "1.0" and c.attrs["Config"]["Image"] == lab.images["1.0"]
+    m = model_state(lab)
+    assert m["state"] == "running" and m["digest"] == lab.images["1.0"].split("@")[1]
 
 
 def test_model_removed_from_group_removes_its_container(lab: DockerLab) -> None:
