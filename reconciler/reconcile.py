@@ -96,6 +96,7 @@ class Reconciler:
         self.state = AgentState.load(self.data_dir)
         self.cache = ParseCache(limit=20_000)
         self._desired_cache: tuple[str, DesiredState] | None = None
+        self._key_cache: tuple[pygit2.Oid, str] | None = None
         self._runtimes: dict[str, Runtime] = {}
         self._store: Any = None
         self.last_cycle: Cycle | None = None
@@ -378,10 +379,15 @@ class Reconciler:
 
     def _relevant_key(self, commit: pygit2.Oid) -> str:
         """Ids of everything that can change this device's desired state; equal ids, equal state."""
+        # most cycles see the same commit again; reading the 10,000-entry devices/ tree was a third of them
+        if self._key_cache is not None and self._key_cache[0] == commit:
+            return self._key_cache[1]
         source = GitSource(self.mirror.repo, commit, self.config.repo_path)
         parts = [source.key(FLEET_FILE), source.tree_id("groups"), source.tree_id("models"),
                  source.key(f"devices/{self.config.device}.yaml") or source.key(f"devices/{self.config.device}.yml")]
-        return ":".join(p or "-" for p in parts)
+        key = ":".join(p or "-" for p in parts)
+        self._key_cache = (commit, key)
+        return key
 
     def _resolve(self, commit: pygit2.Oid, key: str) -> DesiredState:
         if self._desired_cache is not None and self._desired_cache[0] == key:
