@@ -25,13 +25,11 @@ import yaml
 
 from reconciler import agentconfig
 from reconciler.agent import Agent
-from reconciler.runtimes.docker import L_DEVICE, L_MANAGED, L_MODEL, L_VERSION
+from reconciler.runtimes.docker import L_DEVICE, L_MANAGED, L_MODEL, L_VERSION, _cpu_percent
 from tests.agentlab import Lab, publish
 from tests.fleetutil import git
 from tests.services.dockerd import DockerDaemon, build_busybox_image, push_image
 from tests.services.registry import run_registry
-
-pytestmark = pytest.mark.integration
 
 VERSIONS = ("1.0", "2.0", "3.0")
 # busybox httpd serving what a user would check: the version it runs, the model's weights (read through the
@@ -182,6 +180,14 @@ def ready_condition(lab: Lab) -> dict[str, Any]:
 
 # -- tests -------------------------------------------------------------------------------------------------
 
+def test_one_shot_stats_report_cpu_since_start_like_the_process_runtime() -> None:
+    one_shot = {"cpu_stats": {"cpu_usage": {"total_usage": 2_000_000_000}}, "precpu_stats": {}}
+    assert _cpu_percent(one_shot, time.time() - 10) == pytest.approx(20.0, abs=0.5)
+    assert _cpu_percent(one_shot) is None  # no start time: no figure rather than a wrong one
+    assert _cpu_percent({"cpu_stats": {}, "precpu_stats": {}}, time.time() - 10) is None
+
+
+@pytest.mark.integration
 def test_first_deploy_upgrade_and_downgrade(lab: DockerLab) -> None:
     assert lab.run() == 0
     c = only(lab.daemon)
@@ -217,6 +223,7 @@ def test_first_deploy_upgrade_and_downgrade(lab: DockerLab) -> None:
     assert len(log) == 3 and all(line.startswith("Ready") for line in log)
 
 
+@pytest.mark.integration
 def test_failed_health_check_rolls_back_and_the_old_container_keeps_serving(lab: DockerLab) -> None:
     assert lab.run() == 0
     old = only(lab.daemon)
@@ -237,6 +244,7 @@ def test_failed_health_check_rolls_back_and_the_old_container_keeps_serving(lab:
     assert only(lab.daemon).id == old.id and lab.status()["phase"] == "Degraded"
 
 
+@pytest.mark.integration
 def test_container_killed_by_hand_is_restored_and_drift_recorded(lab: DockerLab) -> None:
     assert lab.run() == 0
     assert lab.status()["drift"] == []
@@ -249,6 +257,7 @@ def test_container_killed_by_hand_is_restored_and_drift_recorded(lab: DockerLab)
     assert lab.status()["phase"] == "Ready"
 
 
+@pytest.mark.integration
 def test_resources_changed_by_hand_are_repaired(lab: DockerLab) -> None:
     assert lab.run() == 0
     lab.daemon.docker("update", "--cpus", "1.5", only(lab.daemon).id)
@@ -258,6 +267,7 @@ def test_resources_changed_by_hand_are_repaired(lab: DockerLab) -> None:
     assert "changed by hand" in lab.status()["drift"][0]
 
 
+@pytest.mark.integration
 def test_agent_killed_mid_deploy_then_next_run_adopts(lab: DockerLab) -> None:
     assert lab.run() == 0
     slow = {"2.0": {"command": serve_command(delay=3), "health": {"path": "/healthz", "timeout": 15}}}
@@ -284,6 +294,7 @@ def test_agent_killed_mid_deploy_then_next_run_adopts(lab: DockerLab) -> None:
     assert model_state(lab)["version"] == "2.0" and lab.status()["phase"] == "Ready"
 
 
+@pytest.mark.integration
 def test_image_only_model_reports_the_image_digest(lab: DockerLab) -> None:
     image_only = {"1.0": {"artifact": None, "command": serve_command(weights=False)}}
     lab.commit({"models/counter.yaml": lab.docker_model_yaml(image_only)}, "no artifact")
@@ -294,6 +305,7 @@ def test_image_only_model_reports_the_image_digest(lab: DockerLab) -> None:
     assert m["state"] == "running" and m["digest"] == lab.images["1.0"].split("@")[1]
 
 
+@pytest.mark.integration
 def test_model_removed_from_group_removes_its_container(lab: DockerLab) -> None:
     assert lab.run() == 0
     assert len(ours(lab.daemon)) == 1
@@ -303,6 +315,7 @@ def test_model_removed_from_group_removes_its_container(lab: DockerLab) -> None:
     assert lab.status()["models"] == [] and lab.status()["phase"] == "Ready"
 
 
+@pytest.mark.integration
 def test_unreachable_docker_host_fails_clearly_without_a_crash_loop(lab: DockerLab,
                                                                    capsys: pytest.CaptureFixture[str]) -> None:
     nowhere = f"unix://{lab.root}/no-docker.sock"

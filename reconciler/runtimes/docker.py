@@ -164,14 +164,20 @@ def _epoch(stamp: str | None) -> float:
     return datetime.fromisoformat(m[1] + frac + zone).timestamp()
 
 
-def _cpu_percent(stats: Mapping[str, Any]) -> float | None:
-    """As ``docker stats`` computes it: container CPU time over host CPU time, times the CPU count."""
+def _cpu_percent(stats: Mapping[str, Any], started_at: float = 0.0) -> float | None:
+    """As ``docker stats`` computes it: container CPU time over host CPU time, times the CPU count.  A one-shot
+    sample has no previous one: then the average since ``started_at``, as the process runtime reports it."""
     cpu, pre = stats.get("cpu_stats") or {}, stats.get("precpu_stats") or {}
     try:
         delta = cpu["cpu_usage"]["total_usage"] - pre["cpu_usage"]["total_usage"]
         system = cpu["system_cpu_usage"] - pre["system_cpu_usage"]
     except (KeyError, TypeError):
-        return None
+        try:
+            used = float(cpu["cpu_usage"]["total_usage"]) / 1e9
+        except (KeyError, TypeError):
+            return None
+        age = time.time() - started_at
+        return round(100.0 * used / age, 2) if started_at > 0 and age > 0 else None
     online = cpu.get("online_cpus") or len(cpu["cpu_usage"].get("percpu_usage") or []) or 1
     return round(delta / system * online * 100.0, 2) if system > 0 and delta >= 0 else 0.0
 
@@ -347,20 +353,27 @@ class DockerRuntime:
     # -- the Runtime protocol -------------------------------------------------------------------------
 
     def observe(self, device: str, with_stats: bool = True) -> list[Observed]:
-        """Our containers for ``device``; ``with_stats`` adds memory and CPU (costs about a second)."""
+        """Our containers for ``device``; ``with_stats`` adds memory and CPU (costs about a second: dockerd
+        samples stats once a second, even for a one-shot call)."""
         client = self.client()
         with self._translate(f"runtime docker: list containers of device {device}"):
             ours = {"label": [f"{L_MANAGED}=true", f"{L_DEVICE}={device}"]}
             found = client.containers.list(all=True, filters=ours)
-            # A one-shot stats call waits about a second for a second CPU sample: take them side by side.
+            # Each stats call waits for dockerd's next sample (up to a second): take them side by side.
             running = [c for c in found if c.status == "running" and with_stats]
             with ThreadPoolExecutor(max_workers=max(1, min(4, len(running)))) as pool:
                 stats = dict(zip([c.id for c in running], pool.map(self._stats, running), strict=True))
             return [self._observed(c, stats.get(c.id)) for c in found]
 
     def _stats(self, container: Any) -> Mapping[str, Any] | None:
+        import docker
+
         try:
-            result: Mapping[str, Any] = container.stats(stream=False)
+            try:
+                # one-shot: one sample (about 1 s) instead of two (up to 2 s) for the CPU delta
+                result: Mapping[str, Any] = container.stats(stream=False, one_shot=True)
+            except docker.errors.InvalidVersion:  # API < 1.41
+                result = container.stats(stream=False)
             return result
         except Exception:  # performance data is best effort: a container exiting right now has none
             return None
@@ -394,7 +407,7 @@ class DockerRuntime:
             state="running" if status == "running" else "exited",
             started_at=_epoch(state.get("StartedAt")),
             memory_bytes=_memory_bytes(stats) if stats else None,
-            cpu_percent=_cpu_percent(stats) if stats else None,
+            cpu_percent=_cpu_percent(stats, _epoch(state.get("StartedAt"))) if stats else None,
             restarts=int(attrs.get("RestartCount") or 0),
             drifted=bool(problems),
             message=message,
