@@ -148,8 +148,7 @@ class Device:
                 ports += [int(b[0]["HostPort"]) for c in found
                           for b in [(c.attrs["NetworkSettings"]["Ports"] or {}).get("8080/tcp")] if b]
         for port in ports:
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/version", timeout=1) as r:
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/version", timeout=1) as r:
                     if r.read().decode().strip() == version:
                         return True
         return False

@@ -15,7 +15,6 @@ import datetime as dt
 import logging
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pygit2
@@ -29,11 +28,10 @@ from reconciler.errors import (
     NotFound,
     ReconcilerError,
     Stalled,
-    Transient,
 )
 from reconciler.fleet.resolve import render_device
 from reconciler.fleet.source import GitSource
-from reconciler.fleet.view import FLEET_FILE, FleetView, ParseCache
+from reconciler.fleet.view import FleetView, ParseCache
 from reconciler.gitsync import FleetMirror, GitAuth
 from reconciler.model import DesiredState, Observed, Workload, workload_from_dict, workload_to_dict
 from reconciler.plan import Action, plan
@@ -74,10 +72,11 @@ class Cycle:
     failing: dict[str, str] = field(default_factory=dict)
     drift: list[str] = field(default_factory=list)
     did_work: bool = False
+    push_refused: bool = False  # the server refused the status push: reporting failed, so not Ready
 
     @property
     def ready(self) -> bool:
-        return self.error is None and self.blocked is None and not self.failing
+        return self.error is None and self.blocked is None and not self.failing and not self.push_refused
 
 
 class Reconciler:
@@ -340,7 +339,8 @@ class Reconciler:
         facts = summarizer.Facts(error=cycle.error or cycle.blocked, fetch_error=cycle.fetch_error,
                                  failing=cycle.failing,
                                  target=str(cycle.target) if cycle.target else None,
-                                 applied=self.state.applied_commit)
+                                 applied=self.state.applied_commit,
+                                 push_error=self.state.push_error, push_refused=self.state.push_refused)
         phase, conditions = summarizer.summarize(facts, self.state.conditions, now)
         self.state.conditions = summarizer.as_mapping(conditions)
         for c in conditions:
@@ -361,11 +361,13 @@ class Reconciler:
                     self.state.last_status_commit = time.time()
             outcome = self.writer.push()
             self.state.push_error = None if outcome.pushed else outcome.message
+            self.state.push_refused = False
             if not outcome.pushed:
                 log.warning("status not pushed: %s", outcome.message)
         except ReconcilerError as exc:
             # refused by the server: never mistaken for success; kept for the next status and the log
             self.state.push_error = self._mask(str(exc))
+            self.state.push_refused = cycle.push_refused = True
             log.error("status push refused: %s", self.state.push_error)
         finally:
             self.state.save(self.data_dir)
@@ -382,10 +384,7 @@ class Reconciler:
         # most cycles see the same commit again; reading the 10,000-entry devices/ tree was a third of them
         if self._key_cache is not None and self._key_cache[0] == commit:
             return self._key_cache[1]
-        source = GitSource(self.mirror.repo, commit, self.config.repo_path)
-        parts = [source.key(FLEET_FILE), source.tree_id("groups"), source.tree_id("models"),
-                 source.key(f"devices/{self.config.device}.yaml") or source.key(f"devices/{self.config.device}.yml")]
-        key = ":".join(p or "-" for p in parts)
+        key = GitSource(self.mirror.repo, commit, self.config.repo_path).relevant_key(self.config.device)
         self._key_cache = (commit, key)
         return key
 

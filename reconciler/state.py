@@ -52,6 +52,7 @@ class AgentState:
     runtimes: list[str] = field(default_factory=list)
     last_status_commit: float = 0.0
     push_error: str | None = None
+    push_refused: bool = False
 
     @classmethod
     def load(cls, data_dir: Path) -> AgentState:
@@ -69,6 +70,7 @@ class AgentState:
             failed=raw.get("failed") or {}, detectors=raw.get("detectors") or {},
             conditions=raw.get("conditions") or {}, runtimes=raw.get("runtimes") or [],
             last_status_commit=float(raw.get("lastStatusCommit") or 0.0), push_error=raw.get("pushError"),
+            push_refused=bool(raw.get("pushRefused")),
         )
 
     def save(self, data_dir: Path) -> None:
@@ -76,6 +78,6 @@ class AgentState:
             "appliedCommit": self.applied_commit, "appliedKey": self.applied_key,
             "observedCommit": self.observed_commit, "models": self.models, "failed": self.failed,
             "detectors": self.detectors, "conditions": self.conditions, "runtimes": self.runtimes,
-            "lastStatusCommit": self.last_status_commit, "pushError": self.push_error,
+            "lastStatusCommit": self.last_status_commit, "pushError": self.push_error, "pushRefused": self.push_refused,
         }
         write_atomic(data_dir / STATE_FILE, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())

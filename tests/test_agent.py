@@ -90,7 +90,7 @@ def test_first_deploy_upgrade_downgrade_and_status(lab: Lab, capsys: pytest.Capt
     assert len(log) == 3 and all(line.startswith("Ready") for line in log)
 
 
-def test_nothing_changed_means_no_work_and_no_status_commit(lab: Lab) -> None:
+def test_nothing_changed_means_no_work_and_no_status_commit(lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:
     assert lab.run() == 0
     commits = lab.status_commits()
     state_before = (lab.data_dir / "state.json").read_text()
@@ -103,6 +103,11 @@ def test_nothing_changed_means_no_work_and_no_status_commit(lab: Lab) -> None:
     state = json.loads((lab.data_dir / "state.json").read_text())
     assert state["observedCommit"] == head != json.loads(state_before)["appliedCommit"]  # it did look
     assert state["appliedCommit"] == head  # and nothing in it concerned dev1
+    # the operator's view: converged, though the last status commit names the older fleet commit
+    capsys.readouterr()
+    assert main(["status", "--repo", str(lab.server), "--format", "json"]) == 0
+    row = next(r for r in json.loads(capsys.readouterr().out)["devices"] if r["device"] == "dev1")
+    assert row["convergence"] == "converged", row
 
 
 def test_invalid_commit_is_never_applied(lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:

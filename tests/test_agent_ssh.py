@@ -174,7 +174,7 @@ def test_status_push_refused_is_recorded_never_success(site: Site, caplog: pytes
     caplog.set_level(logging.INFO, logger="reconciler")
     # configured as dev2 but holding dev1's key: gitolite lets dev1 write status/dev1 only
     code = site.run("dev2", key_of="dev1")
-    assert code == 0  # the workloads are fine; the refusal is about reporting, and is reported as such
+    assert code == 1  # the workloads are fine, but a refused report is never taken for success
     assert site.lab.get("/healthz")[0] == 200
     assert "refs/heads/status/dev2" not in site.server_refs()
     error = site.state("dev2")["pushError"]
@@ -186,7 +186,7 @@ def test_status_push_refused_is_recorded_never_success(site: Site, caplog: pytes
 
     time.sleep(1.1)
     caplog.clear()
-    assert site.run("dev2", key_of="dev1") == 0
+    assert site.run("dev2", key_of="dev1") == 1
     assert "refs/heads/status/dev2" not in site.server_refs()
     assert any("status push refused" in r.message for r in caplog.records)
     # the queue is the local branch: the next status document carries the refusal
@@ -197,6 +197,8 @@ def test_status_push_refused_is_recorded_never_success(site: Site, caplog: pytes
     doc = yaml.safe_load(blob.data)
     assert doc["device"] == "dev2"
     assert doc["push"]["pending"] >= 1 and "DENIED" in doc["push"]["lastError"]
+    reported = next(c for c in doc["conditions"] if c["type"] == "StatusReported")
+    assert reported["status"] == "False" and reported["reason"] == "PushRejected" and "DENIED" in reported["message"]
     assert len(list(local.walk(tip.id))) == 2  # both cycles' documents wait in order
 
 

@@ -221,7 +221,7 @@ def test_stale_when_the_clock_moves_on(fleet: tuple[Path, str, str]) -> None:
 def test_unreadable_status_file_is_a_row_not_a_crash(
         fleet: tuple[Path, str, str], capsys: pytest.CaptureFixture[str]) -> None:
     work, _, _ = fleet
-    put_status(work, "cam-north-02", "phase: [Ready\nmodels: {", NOW - 60)
+    put_status(work, "cam-north-02", "phase: [Ready\nmodels: {", int(time.time()) - 60)
     code, out, _ = cli(capsys, "status", "--repo", str(work), "--format", "json")
     assert code == 0
     [row] = [r for r in json.loads(out)["devices"] if r["device"] == "cam-north-02"]

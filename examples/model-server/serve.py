@@ -46,7 +46,7 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         if self.path == "/healthz":
             weights = MODEL_DIR / "weights.bin"
             if not weights.exists() and (MODEL_DIR / "serve.py").exists():
@@ -58,7 +58,7 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, {"error": "not found"})
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         if self.path == "/infer":
             self._send(200, {"label": "person", "confidence": 0.93, "model": os.environ.get("MODEL_NAME")})
         else:

@@ -43,6 +43,8 @@ def _summary(agent: object) -> list[str]:
              f"({cond.get('reason', '')}) applied {str(state.applied_commit)[:12]}"]
     if cond.get("status") != "True" and cond.get("message"):
         lines.append(f"  {cond['message']}")
+    if state.push_refused:
+        lines.append(f"  status push refused: {state.push_error}")
     for name, info in sorted(state.models.items()):
         lines.append(f"  {name} {info.get('version')} {info.get('state')}")
     return lines

@@ -130,6 +130,13 @@ class GitSource:
         entry = self._entry(path)
         return str(entry.id) if entry is not None and entry.type_str == "blob" else None
 
+    def relevant_key(self, device: str) -> str:
+        """Ids of everything that can change ``device``'s desired state at this revision: fleet.yaml, the
+        groups/ and models/ trees and the device's own file.  Equal keys, equal desired state."""
+        parts = [self.key("fleet.yaml"), self.tree_id("groups"), self.tree_id("models"),
+                 self.key(f"devices/{device}.yaml") or self.key(f"devices/{device}.yml")]
+        return ":".join(p or "-" for p in parts)
+
     def tree_id(self, directory: str) -> str | None:
         sub = self._subtree(directory)
         return str(sub.id) if sub is not None else None

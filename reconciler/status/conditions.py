@@ -13,7 +13,8 @@ from reconciler.errors import ReconcilerError, Stalled, Transient, Waiting
 class Facts:
     error: ReconcilerError | None = None  # what stopped the pass (or kept the new state from applying)
     fetch_error: ReconcilerError | None = None  # offline: the cycle went on with what it had
-    push_error: str | None = None
+    push_error: str | None = None  # the previous status push: refused (push_refused) or offline
+    push_refused: bool = False
     failing: Mapping[str, str] = field(default_factory=dict)  # model -> why it does not run as desired
     target: str | None = None
     applied: str | None = None
@@ -51,6 +52,12 @@ def summarize(facts: Facts, previous: Mapping[str, Mapping[str, str]], now: str
         wanted["Connected"] = ("False", facts.fetch_error.reason, _one_line(facts.fetch_error, "working offline"))
     else:
         wanted["Connected"] = ("True", "FetchSucceeded", "")
+    if facts.push_refused:
+        wanted["StatusReported"] = ("False", "PushRejected", facts.push_error or "")
+    elif facts.push_error:
+        wanted["StatusReported"] = ("Unknown", "Offline", "status commits queued on the device")
+    else:
+        wanted["StatusReported"] = ("True", "Pushed", "")
     conditions = []
     for ctype, (status, reason, message) in wanted.items():
         prev = previous.get(ctype) or {}

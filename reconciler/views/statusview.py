@@ -15,6 +15,7 @@ from typing import Any
 
 import pygit2
 
+from reconciler.errors import ReconcilerError
 from reconciler.fleet.rules import parse_duration
 from reconciler.fleet.source import GitSource
 from reconciler.fleet.view import FleetView
@@ -109,6 +110,8 @@ class StatusView:
         self.fleet_devices = set(source.names("devices"))
         self.stale_after = stale_after if stale_after is not None else self._configured_stale_after(source)
         self._behind: dict[str, int | None] = {}
+        self._main_source = source
+        self._sources: dict[str, GitSource | None] = {}
         self._tips = fleet.status_tips()
         self.devices = sorted(set(self._tips) | self.fleet_devices)
         self.summary = Summary()
@@ -139,6 +142,10 @@ class StatusView:
         last_seen = snap.last_seen or committed
         age = (self.now - last_seen).total_seconds()
         behind = self.behind(snap.applied_commit)
+        if behind and self._unaffected(device, str(snap.applied_commit)):
+            # the agent commits status only when what runs changes: commits since then that touch nothing
+            # this device reads (another device's file, docs) leave it converged
+            behind = 0
         if snap.applied_commit is None:
             convergence = "not applied"
         elif behind is None:
@@ -171,6 +178,15 @@ class StatusView:
         if applied not in self._behind:
             self._behind[applied] = self._count_behind(applied)
         return self._behind[applied]
+
+    def _unaffected(self, device: str, applied: str) -> bool:
+        if applied not in self._sources:
+            try:
+                self._sources[applied] = GitSource(self.repo, applied, self.fleet.subdir)
+            except ReconcilerError:
+                self._sources[applied] = None
+        source = self._sources[applied]
+        return source is not None and source.relevant_key(device) == self._main_source.relevant_key(device)
 
     def _count_behind(self, applied: str) -> int | None:
         try:
