@@ -149,8 +149,8 @@ class Device:
                           for b in [(c.attrs["NetworkSettings"]["Ports"] or {}).get("8080/tcp")] if b]
         for port in ports:
             with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/version", timeout=1) as r:
-                    if r.read().decode().strip() == version:
-                        return True
+                if r.read().decode().strip() == version:
+                    return True
         return False
 
     def deploy(self, version: str) -> dict[str, float]:

@@ -10,8 +10,8 @@ from typing import Any
 
 import yaml
 
+from reconciler.durable import write_atomic
 from reconciler.model import Detector
-from reconciler.state import write_atomic
 
 FILE = "detectors.yaml"
 

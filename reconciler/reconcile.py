@@ -182,7 +182,7 @@ class Reconciler:
     def observe_and_plan(self, cycle: Cycle) -> None:
         assert cycle.desired is not None
         runtime = self._runtime(str(cycle.desired.config.get("runtime", "process")))
-        cycle.observed = runtime.observe(self.config.device)
+        cycle.observed = runtime.observe(self.config.device, with_stats=False)  # planning needs no stats
         self._adopt(runtime, cycle)
         # workloads left in a runtime the device no longer uses are stopped too
         for name in [r for r in self.state.runtimes if r != runtime.name]:
@@ -208,16 +208,21 @@ class Reconciler:
         self.state.detectors = detectors_file.per_model_hash(cycle.desired.detectors)
         for action in cycle.actions:
             self._execute(runtime, action, cycle)
-        # what runs now, for status (memory, state); unchanged when no action touched anything
-        now_running = runtime.observe(self.config.device) if cycle.did_work else cycle.observed
+        # what runs now, for status (memory, state); measured again only when something changed or a
+        # heartbeat is due, since a no-op cycle must stay cheap (docker stats cost a second)
+        heartbeat = cycle.desired.settings.get("heartbeatInterval", 3600.0)
+        due = time.time() - self.state.last_status_commit >= heartbeat
+        now_running = runtime.observe(self.config.device) if cycle.did_work or due else cycle.observed
         observed = {o.model: o for o in now_running if o.spec_hash in {w.spec_hash for w in cycle.workloads.values()}}
         for name, w in cycle.workloads.items():
             info = self.state.models.setdefault(name, {})
             o = observed.get(name)
             perf = info.setdefault("performance", {})
             if o is not None and o.state == "running" and info.get("specHash") == w.spec_hash:
-                perf["memoryBytes"] = o.memory_bytes
-                perf["cpuPercent"] = round(o.cpu_percent, 2) if o.cpu_percent is not None else None
+                if o.memory_bytes is not None:
+                    perf["memoryBytes"] = o.memory_bytes
+                if o.cpu_percent is not None:
+                    perf["cpuPercent"] = round(o.cpu_percent, 2)
             info["desiredVersion"] = w.version
             assignment = cycle.desired.model(name)
             info["group"] = assignment.group if assignment else ""

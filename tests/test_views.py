@@ -29,6 +29,13 @@ from tests.fleetutil import ROOT, copy_example, git, git_init
 
 SCHEMA = json.loads((ROOT / "schemas" / "status.schema.json").read_text())
 NOW = int(time.time())
+
+
+@pytest.fixture(autouse=True)
+def _fresh_now() -> None:
+    """Times in these tests are relative to the test's own start, not to when the suite imported this file."""
+    global NOW
+    NOW = int(time.time())
 HOUR = 3600
 
 

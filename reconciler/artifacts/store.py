@@ -32,6 +32,7 @@ from reconciler.artifacts.archive import extract
 from reconciler.artifacts.manifest import Descriptor, Manifest, parse_manifest, safe_relative_path
 from reconciler.artifacts.reference import Reference
 from reconciler.artifacts.registry import RegistryClient
+from reconciler.durable import fsync_dir
 from reconciler.errors import IntegrityError, InvalidConfig, ReconcilerError, Stalled, Waiting
 
 META = ".reconciler-manifest.json"
@@ -54,14 +55,6 @@ class GcResult:
     removed_versions: tuple[tuple[str, str], ...]
     removed_blobs: int
     freed_bytes: int
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _sha256_file(path: Path) -> str:
@@ -234,7 +227,7 @@ class ArtifactStore:
             blob = self.blob_path(desc.digest)
             os.chmod(ingest, 0o444)
             os.replace(ingest, blob)
-            _fsync_dir(self.blobs)
+            fsync_dir(self.blobs)
 
         if progress is not None:
             progress(done[0], total)
@@ -257,7 +250,7 @@ class ArtifactStore:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, blob)
-        _fsync_dir(self.blobs)
+        fsync_dir(self.blobs)
 
     def _activate(self, model: str, version: str, pinned: Reference, manifest: Manifest) -> Path:
         model_dir = self.models / model
@@ -305,7 +298,7 @@ class ArtifactStore:
                 json.dump(meta, f, indent=1, sort_keys=True)
                 f.flush()
                 os.fsync(f.fileno())
-            _fsync_dir(build)
+            fsync_dir(build)
             final = model_dir / f".v-{version}-{manifest.digest[7:19]}-{uuid.uuid4().hex[:6]}"
             os.rename(build, final)
         except BaseException:
@@ -315,7 +308,7 @@ class ArtifactStore:
         tmp_link = model_dir / f".link-{version}-{uuid.uuid4().hex[:8]}"
         os.symlink(final.name, tmp_link)
         os.replace(tmp_link, link)
-        _fsync_dir(model_dir)
+        fsync_dir(model_dir)
         if old is not None and old.name != final.name:
             shutil.rmtree(model_dir / old.name, ignore_errors=True)
         return link
@@ -422,7 +415,7 @@ class ArtifactStore:
                         blob.unlink()
                         removed_blobs += 1
             if self.blobs.is_dir():
-                _fsync_dir(self.blobs)
+                fsync_dir(self.blobs)
         return GcResult(tuple(removed), removed_blobs, freed)
 
     def _remove_strays(self) -> int:

@@ -13,9 +13,10 @@ class Runtime(Protocol):
     # container on its own host port), so a replacement starts the new version before stopping the old.
     parallel_ports: bool
 
-    def observe(self, device: str) -> list[Observed]:
+    def observe(self, device: str, with_stats: bool = True) -> list[Observed]:
         """Every workload this runtime runs for ``device`` and that carries our marks (labels, state files).
-        Anything without our marks is never returned, and so never touched."""
+        Anything without our marks is never returned, and so never touched.  ``with_stats=False`` may leave
+        memory and CPU unmeasured where measuring is slow (dockerd samples stats once a second)."""
         ...
 
     def start(self, workload: Workload) -> Observed:

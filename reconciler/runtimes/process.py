@@ -168,7 +168,7 @@ class ProcessRuntime:
         }
 
     # -- the Runtime protocol --------------------------------------------------------------------------
-    def observe(self, device: str) -> list[Observed]:
+    def observe(self, device: str, with_stats: bool = True) -> list[Observed]:  # /proc reads are cheap
         self._sweep_temp()
         found = []
         for path, spec in self._entries():

@@ -23,33 +23,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from reconciler.durable import fsync_dir, write_atomic
+
 SPEC_FILE = "spec.json"
 STATE_FILE = "state.json"
 LOG_FILE = "output.log"
 OLD_LOG_FILE = "output.log.1"
 MODULE = "reconciler.runtimes.supervisor"
+__all__ = ["fsync_dir", "read_json", "write_json_atomic"]
 
 
 def write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
-    """Temp file, fsync, rename, fsync the directory: a reader sees the old or the new file, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    data = json.dumps(doc, sort_keys=True, indent=1).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomic(path, json.dumps(doc, sort_keys=True, indent=1).encode())
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
