@@ -240,3 +240,32 @@ def test_kill_9_mid_deploy_then_restart_converges(lab: Lab) -> None:
     dirs = sorted(p.name for p in (lab.data_dir / "process").iterdir() if not p.name.startswith("."))
     assert len(dirs) == 1 and "--2.0--" in dirs[0], dirs
     assert json.loads(lab.get("/healthz")[1])["version"] == "2.0"
+
+
+def test_loop_reacts_to_a_local_commit_at_once_and_stops_cleanly_on_sigterm(lab: Lab) -> None:
+    config = lab.config_path(interval=300, jitter=0)  # the interval alone would wait five minutes
+    proc = subprocess.Popen([sys.executable, "-m", "reconciler", "agent", "--config", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_healthy(lab, 30)
+        assert json.loads(lab.get("/healthz")[1])["version"] == "1.0"
+        time.sleep(1.0)  # let the watcher start
+        lab.commit({"groups/all.yaml": lab.group_yaml("2.0", [{"detector_id": "det_a", "model": "counter"}])},
+                   "upgrade")
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            status, body = lab.get("/healthz")
+            if status == 200 and json.loads(body)["version"] == "2.0":
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the loop did not pick up the commit on the watched repository")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    # workloads keep running after the agent stops, and its state was saved
+    assert json.loads(lab.get("/healthz")[1])["version"] == "2.0"
+    state = json.loads((lab.data_dir / "state.json").read_text())
+    assert state["appliedCommit"] == git(lab.server, "rev-parse", "main")
