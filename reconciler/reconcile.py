@@ -99,10 +99,12 @@ class Reconciler:
         self._runtimes: dict[str, Runtime] = {}
         self._store: Any = None
         self.last_cycle: Cycle | None = None
+        self._secrets: tuple[str, ...] | None = None
 
     # -- the pass ------------------------------------------------------------------------------------------
     def run_once(self) -> Cycle:
         cycle = Cycle()
+        self._secrets = None
         try:
             for step in (self.fetch, self.verify, self.load, self.pull, self.observe_and_plan, self.execute):
                 step(cycle)
@@ -429,11 +431,14 @@ class Reconciler:
             self._store_for().gc([(m.name, m.version) for m in desired.models if m.artifact], keep_previous=1)
 
     def _mask(self, text: str) -> str:
-        secrets: list[str] = []
-        for name in self.config.credentials:
-            with contextlib.suppress(ReconcilerError):
-                cred = self.credentials.resolve(name)
-                if cred is not None:
-                    secrets.extend(cred.secrets())
-        return mask(text, secrets)
+        # the secret files are read once per cycle (they may rotate), not once per message
+        if self._secrets is None:
+            found: list[str] = []
+            for name in self.config.credentials:
+                with contextlib.suppress(ReconcilerError):
+                    cred = self.credentials.resolve(name)
+                    if cred is not None:
+                        found.extend(cred.secrets())
+            self._secrets = tuple(found)
+        return mask(text, self._secrets)
 
