@@ -35,6 +35,7 @@ from reconciler.artifacts.manifest import (
 )
 from reconciler.artifacts.reference import Reference
 from reconciler.credentials import Credential, mask
+from reconciler.durable import start_writeback
 from reconciler.errors import (
     AuthError,
     DeadlineExceeded,
@@ -49,6 +50,7 @@ from reconciler.model import RegistryConfig
 T = TypeVar("T")
 
 CHUNK = 1024 * 1024
+WRITEBACK_BYTES = 16 * 1024 * 1024
 CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 30.0
 BACKOFF_BASE = 0.5
@@ -334,7 +336,7 @@ class RegistryClient:
                 if offset and (response.status_code != 206 or not _starts_at(response, offset)):
                     # The registry ignored Range: take the full body from the start.
                     hasher, offset = hashlib.sha256(), 0
-                with open(ingest, "ab" if offset else "wb") as f, _Sink(f, hasher) as sink:
+                with open(ingest, "ab" if offset else "wb") as f, _Sink(f, hasher, offset) as sink:
                     written = offset
                     for chunk in response.iter_content(CHUNK):
                         room = desc.size - written
@@ -385,44 +387,66 @@ class RegistryClient:
 
 
 class _Sink:
-    """Hashes and writes chunks on a second thread while the first reads the socket.
+    """Hashes chunks on one thread and writes them on another while the caller reads the socket.
 
-    hashlib, file writes and socket reads all release the GIL, so on two cores this overlaps them;
-    the queue is bounded, so at most a few chunks are held in memory."""
+    hashlib, file writes and socket reads all release the GIL, so the three overlap; each queue is
+    bounded, so at most a few chunks are held in memory.  The writer starts the kernel's writeback
+    every WRITEBACK_BYTES, so the final fsync of a large blob has little left to do."""
 
-    def __init__(self, file: Any, hasher: Any) -> None:
+    def __init__(self, file: Any, hasher: Any, offset: int) -> None:
         self._file, self._hasher = file, hasher
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=4)
+        self._written = self._flushed = offset
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="blob-sink", daemon=True)
+        self._queues: list[queue.Queue[bytes | None]] = [queue.Queue(maxsize=4), queue.Queue(maxsize=4)]
+        self._threads = [
+            threading.Thread(target=self._drain, args=(self._queues[0], self._hash), name="blob-hash",
+                             daemon=True),
+            threading.Thread(target=self._drain, args=(self._queues[1], self._write), name="blob-write",
+                             daemon=True),
+        ]
         self._closed = False
 
     def __enter__(self) -> _Sink:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _run(self) -> None:
-        while (chunk := self._queue.get()) is not None:
+    def _hash(self, chunk: bytes) -> None:
+        self._hasher.update(chunk)
+
+    def _write(self, chunk: bytes) -> None:
+        self._file.write(chunk)
+        self._written += len(chunk)
+        if self._written - self._flushed >= WRITEBACK_BYTES:
+            self._file.flush()
+            start_writeback(self._file.fileno(), self._flushed, self._written - self._flushed)
+            self._flushed = self._written
+
+    def _drain(self, chunks: queue.Queue[bytes | None], step: Callable[[bytes], None]) -> None:
+        while (chunk := chunks.get()) is not None:
             if self._error is None:
                 try:
-                    self._hasher.update(chunk)
-                    self._file.write(chunk)
+                    step(chunk)
                 except BaseException as error:  # re-raised in the reading thread
                     self._error = error
 
     def put(self, chunk: bytes) -> None:
         if self._error is not None:
             raise self._error
-        self._queue.put(chunk)
+        for chunks in self._queues:
+            chunks.put(chunk)
 
     def close(self) -> None:
+        """Wait until every chunk is hashed and written; re-raise a failure of either."""
         if not self._closed:
             self._closed = True
-            self._queue.put(None)
-            self._thread.join()
+            for chunks in self._queues:
+                chunks.put(None)
+            for thread in self._threads:
+                thread.join()
         if self._error is not None:
             raise self._error
 

@@ -227,7 +227,6 @@ class ArtifactStore:
             blob = self.blob_path(desc.digest)
             os.chmod(ingest, 0o444)
             os.replace(ingest, blob)
-            fsync_dir(self.blobs)
 
         if progress is not None:
             progress(done[0], total)
@@ -235,6 +234,9 @@ class ArtifactStore:
             with ThreadPoolExecutor(max_workers=min(self.concurrency, len(missing))) as pool:
                 futures = [pool.submit(one, d) for d in missing]
                 errors = [f.exception() for f in futures]
+            # One directory fsync for all the renames: a blob whose entry a power cut loses is fetched
+            # again, and nothing is activated before this returns.
+            fsync_dir(self.blobs)
             for exc in errors:
                 if exc is not None:
                     raise exc
