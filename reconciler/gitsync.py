@@ -11,6 +11,7 @@ Remote-tracking refs mirror what the server advertised at the last fetch: ``refs
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import re
@@ -25,6 +26,7 @@ import cffi  # type: ignore[import-untyped]
 import pygit2
 
 from reconciler.errors import AuthError, DeadlineExceeded, NotFound, PushRejected, Transient
+from reconciler.nodelay import tcp_nodelay
 
 REMOTE = "origin"
 
@@ -99,6 +101,16 @@ def _normalize_url(url: str) -> str:
 def _host_port(url: str) -> tuple[str, int]:
     parts = urllib.parse.urlsplit(url if "://" in url else "ssh://" + url.replace(":", "/", 1))
     return parts.hostname or "", parts.port or 22
+
+
+def _network_port(url: str) -> int | None:
+    """The TCP port libgit2 will connect to for ``url`` (None for a local repository)."""
+    if url.startswith("/") or url.startswith("file://"):
+        return None
+    if url.startswith(("https://", "http://")):
+        parts = urllib.parse.urlsplit(url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+    return _host_port(url)[1]
 
 
 def _known_host_keys(path: Path, host: str, port: int) -> tuple[list[bytes], list[bytes]]:
@@ -302,12 +314,12 @@ class FleetMirror:
 
     def fetch_refs(self, refs: Sequence[str]) -> dict[str, pygit2.Oid | None]:
         """Fetch branch refs in one connection; None for those the server does not have."""
-        self._apply_timeouts()
-        remote = self.repo.remotes[REMOTE]
+        remote = self._remote()
         callbacks = _Callbacks(self.url, self.auth)
         specs = [f"+{r}:{tracking_ref(r)}" for r in refs]
         try:
-            remote.fetch(specs, callbacks=callbacks, prune=pygit2.enums.FetchPrune.NO_PRUNE)
+            with self._connection():
+                remote.fetch(specs, callbacks=callbacks, prune=pygit2.enums.FetchPrune.NO_PRUNE)
             heads = {h.name: h.oid for h in remote.list_heads(connect=False)}
         except pygit2.GitError as exc:
             raise _translate(exc, self.url, "fetch") from None
@@ -317,6 +329,23 @@ class FleetMirror:
             self._set_tracking(ref, oid)
             result[ref] = oid
         return result
+
+    def fetch_all(self) -> None:
+        """Fetch every branch the server advertises (the remote's own refspec), pruning deleted ones."""
+        remote = self._remote()
+        try:
+            with self._connection():
+                remote.fetch(callbacks=_Callbacks(self.url, self.auth), prune=pygit2.enums.FetchPrune.PRUNE)
+        except pygit2.GitError as exc:
+            raise _translate(exc, self.url, "fetch") from None
+
+    def _remote(self) -> pygit2.Remote:
+        self._apply_timeouts()
+        return self.repo.remotes[REMOTE]
+
+    def _connection(self) -> contextlib.AbstractContextManager[object]:
+        port = _network_port(self.url)
+        return contextlib.nullcontext() if port is None else tcp_nodelay(port)
 
     def is_descendant(self, new: pygit2.Oid, old: pygit2.Oid) -> bool:
         """True when ``new`` is ``old`` or has it in its history (False when either is unknown here)."""
@@ -338,14 +367,14 @@ class FleetMirror:
     def push_ref(self, local_ref: str, remote_ref: str) -> None:
         """Push ``local_ref`` to ``remote_ref`` (no force).  A refusal raises PushRejected with the server's
         words; pygit2 does not raise for refused refs, so the callback's verdict is what counts."""
-        self._apply_timeouts()
         local = self.repo.references.get(local_ref)
         if local is None:
             raise NotFound(f"no local ref {local_ref} to push")
-        remote = self.repo.remotes[REMOTE]
+        remote = self._remote()
         callbacks = _Callbacks(self.url, self.auth)
         try:
-            remote.push([f"{local_ref}:{remote_ref}"], callbacks=callbacks)
+            with self._connection():
+                remote.push([f"{local_ref}:{remote_ref}"], callbacks=callbacks)
         except pygit2.GitError as exc:
             text = str(exc).lower()
             if "fastforward" in text or "fast-forward" in text or "not present locally" in text:

@@ -110,7 +110,7 @@ def open_fleet_repo(
         return FleetRepo(_open_local(location), branch, subdir.strip("/"), location)
     mirror = FleetMirror(cache_dir or default_cache_dir(location), location, branch, auth or GitAuth(),
                          timeout=timeout)
-    _fetch_all(mirror)
+    mirror.fetch_all()
     return FleetRepo(mirror.repo, branch, subdir.strip("/"), redact(mirror.url))
 
 
@@ -127,15 +127,3 @@ def _open_local(location: str) -> pygit2.Repository:
         raise NotFound(f"{location}: cannot open the repository: {exc}") from None
 
 
-def _fetch_all(mirror: FleetMirror) -> None:
-    # FleetMirror.fetch_refs names each ref; here the set of status branches is unknown until the server
-    # advertises it, so fetch the remote's own glob refspec, pruning branches the server deleted.
-    # gitsync's callbacks and error translation are reused so ssh host keys and messages behave the same.
-    from reconciler.gitsync import _Callbacks, _translate
-
-    mirror._apply_timeouts()
-    remote = mirror.repo.remotes[REMOTE]
-    try:
-        remote.fetch(callbacks=_Callbacks(mirror.url, mirror.auth), prune=pygit2.enums.FetchPrune.PRUNE)
-    except pygit2.GitError as exc:
-        raise _translate(exc, mirror.url, "fetch") from None
