@@ -11,12 +11,13 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 
+from reconciler import agentconfig
 from reconciler.agentconfig import AgentConfig
-from reconciler.errors import LockHeld, Stalled
+from reconciler.errors import LockHeld, ReconcilerError, Stalled
 from reconciler.reconcile import Cycle, Reconciler
 
 log = logging.getLogger("reconciler.agent")
@@ -51,6 +52,7 @@ class Agent:
         self.reconciler = Reconciler(config)
         self.stop = threading.Event()
         self.wake = threading.Event()
+        self.config_changed = threading.Event()
         self.failures = 0
 
     def next_wait(self, cycle: Cycle) -> float:
@@ -77,25 +79,64 @@ class Agent:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        watcher = threading.Thread(target=self._watch, daemon=True, name="watch")
-        watcher.start()
+        for watcher in self._watchers():
+            watcher.start()
         cycle = None
         while not self.stop.is_set():
             self.wake.clear()
+            if self.config_changed.is_set():
+                self.config_changed.clear()
+                self.reload()
             cycle = self.reconciler.run_once()
             wait = self.next_wait(cycle)
             log.info("next cycle in %.1fs", wait)
             self.wake.wait(wait)
         return 0 if cycle is None or cycle.ready else 1
 
-    def _watch(self) -> None:
-        paths = [p for p in (self.config.path, self.config.local_repo_path()) if p is not None and p.exists()]
-        if not paths:
-            return
+    def reload(self) -> bool:
+        """Take up an edited configuration file; a file that does not load leaves the running one in place."""
+        if self.config.path is None:
+            return False
+        try:
+            config = agentconfig.load(self.config.path)
+        except ReconcilerError as exc:
+            log.error("%s; keeping the configuration loaded before\n%s", exc,
+                      "\n".join(p.format() for p in getattr(exc, "problems", [])))
+            return False
+        if (config.device, config.data_dir) != (self.config.device, self.config.data_dir):
+            log.error("%s: device and dataDir take effect at the next start (this agent holds the lock on %s)",
+                      self.config.path, self.config.data_dir)
+            return False
+        if config != self.config:
+            log.info("%s changed: using the new configuration", self.config.path)
+            self.config = config
+            self.reconciler = Reconciler(config)
+        return True
+
+    def _watchers(self) -> list[threading.Thread]:
+        """Threads that wake the loop: one on the config file, one on a local fleet repository."""
+        threads = []
+        if self.config.path is not None:
+            # The file's directory, not the file: an editor that saves by renaming a new file over the old
+            # one would leave a watch on the file itself looking at a deleted inode.
+            config = os.path.realpath(self.config.path)
+            threads.append(threading.Thread(
+                target=self._watch, args=(os.path.dirname(config), False, lambda p: p == config, True),
+                daemon=True, name="watch-config"))
+        repo = self.config.local_repo_path()
+        if repo is not None and repo.exists():
+            threads.append(threading.Thread(
+                target=self._watch, args=(os.path.realpath(repo), True, lambda p: True, False),
+                daemon=True, name="watch-repo"))
+        return threads
+
+    def _watch(self, path: str, recursive: bool, match: Callable[[str], bool], is_config: bool) -> None:
         from watchfiles import watch
 
         with contextlib.suppress(Exception):  # watching is an optimisation; the interval still applies
-            for _ in watch(*paths, stop_event=self.stop, rust_timeout=1000, yield_on_timeout=False,
-                           debounce=500):
-                log.info("change on disk: reconciling now")
+            for _ in watch(path, stop_event=self.stop, rust_timeout=1000, yield_on_timeout=False, debounce=500,
+                           recursive=recursive, watch_filter=lambda _change, changed: match(changed)):
+                log.info("%s changed: reconciling now", "configuration" if is_config else "fleet repository")
+                if is_config:
+                    self.config_changed.set()
                 self.wake.set()

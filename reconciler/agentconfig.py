@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from typing import Any
 from reconciler.errors import InvalidConfig, NotFound
 from reconciler.fleet.document import Document, parse
 from reconciler.fleet.schema import check
+from reconciler.location import is_url, local_path
 
 ENV = {
     "RECONCILER_DEVICE": ("device",),
@@ -51,12 +53,7 @@ class AgentConfig:
 
     def local_repo_path(self) -> Path | None:
         """The fleet repository's directory when it is on this machine (watched for changes)."""
-        url = self.repo_url
-        if url.startswith("file://"):
-            return Path(url[len("file://"):])
-        if "://" not in url and not url.startswith("git@"):
-            return Path(url)
-        return None
+        return local_path(self.repo_url)
 
 
 def load(path: Path | None, environ: Mapping[str, str] | None = None) -> AgentConfig:
@@ -77,6 +74,7 @@ def load(path: Path | None, environ: Mapping[str, str] | None = None) -> AgentCo
                                 [parsed.problem((), "expected a mapping of settings")])
         doc = parsed
         data = doc.data
+    from_env: dict[str, str] = {}
     for var, where in ENV.items():
         value = environ.get(var)
         if not value:
@@ -85,8 +83,12 @@ def load(path: Path | None, environ: Mapping[str, str] | None = None) -> AgentCo
         for part in where[:-1]:
             node = node.setdefault(part, {})
         node[where[-1]] = float(value) if where[-1] in _NUMBERS and _is_number(value) else value
+        from_env[".".join(where)] = var
     problems = check(Document(label, data, doc.positions), "agent-config")
     if problems:
+        # A value taken from the environment is not on any line of the file: name the variable instead.
+        problems = [dataclasses.replace(p, file=f"${from_env[p.field]}", line=0, column=0)
+                    if p.field in from_env else p for p in problems]
         raise InvalidConfig(f"{label}: invalid agent configuration", problems)
     base = path.parent if path else Path.cwd()
 
@@ -95,7 +97,7 @@ def load(path: Path | None, environ: Mapping[str, str] | None = None) -> AgentCo
 
     repo = data["repo"]
     url = repo["url"]
-    if "://" not in url and not url.startswith("git@"):
+    if not is_url(url):
         url = str(base / Path(url).expanduser())
     timeouts = data.get("timeouts") or {}
     return AgentConfig(

@@ -38,7 +38,8 @@ class Problem:
 
     def format(self) -> str:
         suffix = f" ({self.field})" if self.field else ""
-        return f"{self.file}:{self.line}:{self.column}: {self.severity}: {self.message}{suffix}"
+        where = f"{self.file}:{self.line}:{self.column}" if self.line else self.file  # line 0: not in a file
+        return f"{where}: {self.severity}: {self.message}{suffix}"
 
     def to_dict(self) -> dict[str, object]:
         return {

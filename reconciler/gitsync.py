@@ -26,6 +26,7 @@ import cffi  # type: ignore[import-untyped]
 import pygit2
 
 from reconciler.errors import AuthError, DeadlineExceeded, NotFound, PushRejected, Transient
+from reconciler.location import is_url
 from reconciler.nodelay import tcp_nodelay
 
 REMOTE = "origin"
@@ -93,8 +94,8 @@ def ref_target(repo: pygit2.Repository, name: str) -> pygit2.Oid | None:
 
 
 def _normalize_url(url: str) -> str:
-    if "://" in url or (":" in url.split("/")[0] and not url.startswith("/")):
-        return url  # a URL, or scp-like user@host:path
+    if is_url(url):
+        return url
     return str(Path(url).expanduser().resolve())
 
 

@@ -242,7 +242,7 @@ def test_kill_9_mid_deploy_then_restart_converges(lab: Lab) -> None:
     assert json.loads(lab.get("/healthz")[1])["version"] == "2.0"
 
 
-def test_loop_reacts_to_a_local_commit_at_once_and_stops_cleanly_on_sigterm(lab: Lab) -> None:
+def test_loop_reacts_at_once_to_a_commit_and_a_config_edit_and_stops_cleanly_on_sigterm(lab: Lab) -> None:
     config = lab.config_path(interval=300, jitter=0)  # the interval alone would wait five minutes
     proc = subprocess.Popen([sys.executable, "-m", "reconciler", "agent", "--config", str(config)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -260,12 +260,32 @@ def test_loop_reacts_to_a_local_commit_at_once_and_stops_cleanly_on_sigterm(lab:
             time.sleep(0.2)
         else:
             raise AssertionError("the loop did not pick up the commit on the watched repository")
+        # An edit of the config file that does not load is refused; the agent keeps running as it was.
+        config.write_text("device: [dev1\n")
+        time.sleep(1.5)
+        assert proc.poll() is None
+        # A valid edit takes effect at once: follow a canary branch that pins 1.0 again.
+        git(lab.work, "checkout", "-qb", "canary")
+        (lab.work / "groups" / "all.yaml").write_text(
+            lab.group_yaml("1.0", [{"detector_id": "det_a", "model": "counter"}]))
+        git(lab.work, "commit", "-qam", "canary back to 1.0")
+        git(lab.work, "push", "-q", "origin", "canary")
+        lab.config_path(interval=300, jitter=0, repo={"url": str(lab.server), "branch": "canary"})
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            status, body = lab.get("/healthz")
+            if status == 200 and json.loads(body)["version"] == "1.0":
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError("the loop did not take up the edited configuration")
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert "Traceback" not in err
+    assert "keeping the configuration loaded before" in err and ":1:" in err  # located, as validate does
     # workloads keep running after the agent stops, and its state was saved
-    assert json.loads(lab.get("/healthz")[1])["version"] == "2.0"
+    assert json.loads(lab.get("/healthz")[1])["version"] == "1.0"
     state = json.loads((lab.data_dir / "state.json").read_text())
-    assert state["appliedCommit"] == git(lab.server, "rev-parse", "main")
+    assert state["appliedCommit"] == git(lab.server, "rev-parse", "canary")

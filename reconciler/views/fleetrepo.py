@@ -17,6 +17,7 @@ import pygit2
 
 from reconciler.errors import NotFound
 from reconciler.gitsync import REMOTE, FleetMirror, GitAuth, redact
+from reconciler.location import is_url
 
 STATUS_PREFIX = "status/"
 _HEADS = "refs/heads/"
@@ -26,10 +27,7 @@ _REMOTES = f"refs/remotes/{REMOTE}/"
 def is_remote(location: str) -> bool:
     """URLs (``ssh://``, ``https://``, ``file://``) and scp-like ``user@host:path`` are fetched; the rest is a
     local path read in place."""
-    if "://" in location:
-        return True
-    head = location.split("/", 1)[0]
-    return ":" in head and "@" in head
+    return is_url(location)
 
 
 def default_cache_dir(url: str) -> Path:

@@ -1,0 +1,24 @@
+"""Where a fleet repository lives: a URL, an scp-like ``[user@]host:path``, or a local path.
+
+One rule for every command, git's own: a colon before the first slash makes an scp-like address.
+Standard library only: the agent's configuration loader uses it before pygit2 is imported.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def is_url(location: str) -> bool:
+    """``scheme://...`` (file:// included) or scp-like ``[user@]host:path``."""
+    if "://" in location:
+        return True
+    head = location.split("/", 1)[0]
+    return ":" in head
+
+
+def local_path(location: str) -> Path | None:
+    """The directory of a repository on this machine (a path or a file:// URL); None for a remote one."""
+    if location.startswith("file://"):
+        return Path(location[len("file://"):])
+    return None if is_url(location) else Path(location)
