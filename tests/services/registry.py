@@ -1,9 +1,10 @@
 """A real OCI registry on loopback: Debian's ``docker-registry`` (CNCF distribution 2.8).
 
 ``run_registry`` is free of pytest so that ``bench/`` and the demo script can use it too; the fixtures
-``registry`` (plain HTTP, anonymous) and ``secure_registry`` (htpasswd basic auth + TLS with a CA made
-here) wrap it.  The access log (one line per request, with the bytes written) is kept in the work dir so
-tests can count what the registry served.
+``registry`` (plain HTTP, anonymous), ``secure_registry`` (htpasswd basic auth + TLS with a CA made
+here) and ``token_registry`` (bearer tokens from the ``token_issuer`` of tokenauth.py) wrap it.  The
+access log (one line per request, with the bytes written) is kept in the work dir so tests can count what
+the registry served.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
+
+from tests.services.tokenauth import TokenAuthSettings, TokenIssuer, run_token_issuer
 
 REGISTRY_BIN = "docker-registry"
 USERNAME = "fleet-operator"
@@ -115,8 +118,12 @@ def _htpasswd(path: Path, username: str, password: str) -> None:
 
 
 @contextmanager
-def run_registry(workdir: Path, *, auth: bool = False, tls: bool = False) -> Iterator[RegistryServer]:
-    """Start ``docker-registry serve`` on 127.0.0.1 with a random port; stop it on exit."""
+def run_registry(workdir: Path, *, auth: bool = False, tls: bool = False,
+                 token_auth: TokenAuthSettings | None = None) -> Iterator[RegistryServer]:
+    """Start ``docker-registry serve`` on 127.0.0.1 with a random port; stop it on exit.
+
+    ``token_auth`` makes the registry demand bearer tokens from that realm (its issuer must accept
+    USERNAME/PASSWORD, which the server then advertises as its credentials)."""
     binary = shutil.which(REGISTRY_BIN)
     if binary is None:
         raise RuntimeError("docker-registry is not installed (run scripts/install-system-deps.sh)")
@@ -147,6 +154,9 @@ def run_registry(workdir: Path, *, auth: bool = False, tls: bool = False) -> Ite
         htpasswd = workdir / "htpasswd"
         _htpasswd(htpasswd, USERNAME, PASSWORD)
         lines += ["auth:", "  htpasswd:", "    realm: reconciler-test", f"    path: {htpasswd}"]
+    elif token_auth is not None:
+        lines += ["auth:", "  token:", f"    realm: {token_auth.realm}", f"    service: {token_auth.service}",
+                  f"    issuer: {token_auth.issuer}", f"    rootcertbundle: {token_auth.rootcertbundle}"]
     config = workdir / "registry.yml"
     config.write_text("\n".join(lines) + "\n")
     access_log = workdir / "access.log"
@@ -157,8 +167,8 @@ def run_registry(workdir: Path, *, auth: bool = False, tls: bool = False) -> Ite
     server = RegistryServer(
         address=f"127.0.0.1:{port}",
         root=root,
-        username=USERNAME if auth else None,
-        password=PASSWORD if auth else None,
+        username=USERNAME if auth or token_auth else None,
+        password=PASSWORD if auth or token_auth else None,
         ca_file=ca_file,
         tls=tls,
         access_log=access_log,
@@ -206,4 +216,15 @@ else:
     @pytest.fixture
     def secure_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
         with run_registry(tmp_path_factory.mktemp("secure-registry"), auth=True, tls=True) as server:
+            yield server
+
+    @pytest.fixture
+    def token_issuer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TokenIssuer]:
+        with run_token_issuer(tmp_path_factory.mktemp("token-issuer"), {USERNAME: PASSWORD}) as issuer:
+            yield issuer
+
+    @pytest.fixture
+    def token_registry(tmp_path_factory: pytest.TempPathFactory,
+                       token_issuer: TokenIssuer) -> Iterator[RegistryServer]:
+        with run_registry(tmp_path_factory.mktemp("token-registry"), token_auth=token_issuer.settings) as server:
             yield server
