@@ -167,6 +167,7 @@ class TokenIssuer:
         # Clients send one `scope` parameter per scope; some join several with spaces.
         scopes = tuple(s for value in query.get("scope", []) for s in value.split())
         account, ok = self._account(authorization)
+        body: dict[str, object]
         if url.path != "/token":
             status, body = 404, {"errors": [{"code": "NOT_FOUND", "message": "no such endpoint"}]}
         elif service != self.service:
