@@ -7,6 +7,7 @@ pre-issued token as it is.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -16,9 +17,9 @@ import yaml
 
 from reconciler.artifacts import ArtifactStore, Reference, RegistryClient
 from reconciler.credentials import Credential
-from reconciler.errors import AuthError
+from reconciler.errors import AuthError, Transient
 from reconciler.main import main
-from tests.services.registry import RegistryServer
+from tests.services.registry import RegistryServer, free_port, run_registry
 from tests.services.tokenauth import Scope, TokenIssuer
 
 pytestmark = pytest.mark.integration
@@ -78,7 +79,9 @@ def test_publish_and_pull_through_token_auth(token_registry: RegistryServer, tok
     assert pinned.startswith(f"{token_registry.address}/{REPO}@sha256:")
     published = token_issuer.requests
     assert published and all(r.status == 200 and r.account == token_registry.username for r in published)
-    assert any(f"repository:{REPO}:pull,push" in r.scopes for r in published)
+    # The registry lists the actions in no fixed order (push,pull or pull,push).
+    asked = {(s.type, s.name, frozenset(s.actions)) for r in published for s in map(Scope.parse, r.scopes)}
+    assert ("repository", REPO, frozenset({"pull", "push"})) in asked, published
 
     data = tmp_path / "data"
     served_before = len(token_registry.access_entries())
@@ -167,3 +170,26 @@ def test_pre_issued_token_pulls_without_asking_the_realm(token_registry: Registr
         assert code == 1, name
         assert f"refused the credentials of credential '{name}' (HTTP 401" in err, err
         assert bad not in out + err
+
+
+def test_token_realm_outage_is_transient_not_refused_credentials(token_registry: RegistryServer,
+                                                                 token_issuer: TokenIssuer, tmp_path: Path) -> None:
+    """A realm that answers 5xx or cannot be reached must be retried, and never blamed on the credentials."""
+    digest = _push(token_registry, "v1", [_write(tmp_path / "w.bin", b"weights")])
+    pinned = Reference.parse(token_registry.ref(REPO, digest))
+    token_issuer.outage = 503
+    before = len(token_issuer.requests)
+    client = RegistryClient(None, _user(token_registry), deadline_seconds=10, max_attempts=2)
+    with pytest.raises(Transient) as info:
+        client.get_manifest(pinned)
+    assert not isinstance(info.value, AuthError)
+    assert f"token realm 127.0.0.1:{token_issuer.port} answered HTTP 503 (after 2 attempts)" in str(info.value)
+    assert [r.status for r in token_issuer.requests[before:]] == [503, 503]
+    token_issuer.outage = None
+    assert client.get_manifest(pinned).digest == digest  # the same client recovers once the realm is back
+
+    dead = dataclasses.replace(token_issuer.settings, realm=f"http://127.0.0.1:{free_port()}/token")
+    with run_registry(tmp_path / "registry-dead-realm", token_auth=dead) as server:
+        client = RegistryClient(None, _user(server), deadline_seconds=10, max_attempts=2)
+        with pytest.raises(Transient, match=r"cannot reach token realm 127\.0\.0\.1:\d+ \(ConnectionError\)"):
+            client.get_manifest(Reference.parse(server.ref(REPO, "v1")))

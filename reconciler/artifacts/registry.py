@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import oras.auth.utils
 import oras.container
@@ -105,7 +106,11 @@ class _Oras(oras.provider.Registry):  # type: ignore[misc]
             headers["Authorization"] = self._authorization
         response = self._send(method, url, data, json, headers, stream)
         if response.status_code == 401:
-            answer = self._answer(response.headers.get("Www-Authenticate", ""))
+            try:
+                answer = self._answer(response.headers.get("Www-Authenticate", ""))
+            except BaseException:
+                response.close()
+                raise
             if answer is not None:
                 response.close()
                 self._authorization = headers["Authorization"] = answer
@@ -136,13 +141,44 @@ class _Oras(oras.provider.Registry):  # type: ignore[misc]
             return None
         if cred is not None and cred.token and not cred.username:
             return f"Bearer {cred.token}"
-        parsed = oras.auth.utils.parse_auth_header(challenge)
-        if cred is not None and cred.username and secret:
-            self.auth._basic_auth = oras.auth.utils.get_basic_auth(cred.username, secret)
-            token = self.auth.request_token(parsed)
-        else:
-            token = self.auth.request_anonymous_token(parsed)
+        basic = oras.auth.utils.get_basic_auth(cred.username, secret) if cred and cred.username and secret else None
+        token = self._token(oras.auth.utils.parse_auth_header(challenge), basic)
         return f"Bearer {token}" if token else None
+
+    def _token(self, challenge: Any, basic: str | None) -> str | None:
+        """A token from the challenge's realm, or None when the realm refuses us.
+
+        Our own request rather than oras-py's ``request_token``, which answers None for every failure:
+        a realm that is down or answers 5xx must be retried, not reported as refused credentials."""
+        if not challenge.realm:
+            return None
+        realm = urlsplit(challenge.realm).netloc or challenge.realm
+        params = {k: v for k, v in (("service", challenge.service), ("scope", challenge.scope)) if v}
+        headers = {"Accept": "application/json"}
+        if basic:
+            headers["Authorization"] = f"Basic {basic}"
+        try:
+            response = self.session.get(challenge.realm, params=params, headers=headers,
+                                        verify=self._tls_verify, timeout=self._timeout())
+        except requests.exceptions.SSLError:
+            raise Stalled(f"TLS verification failed for token realm {realm} "
+                          "(give the registry a caFile that also vouches for its token realm)") from None
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            raise Transient(f"cannot reach token realm {realm} ({type(exc).__name__})") from None
+        with response:
+            code = response.status_code
+            if code in (401, 403):
+                return None  # the registry's 401 that follows names whose credentials were refused
+            if code == 429 or code >= 500:
+                raise Transient(f"token realm {realm} answered HTTP {code}")
+            try:
+                body = response.json() if code == 200 else None
+            except ValueError:
+                body = None
+            token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
+            if not isinstance(token, str) or not token:
+                raise Stalled(f"token realm {realm} answered HTTP {code} without a token")
+            return token
 
 
 class RegistryClient:

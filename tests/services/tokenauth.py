@@ -78,6 +78,8 @@ class TokenIssuer:
     issuer: str = ISSUER
     ttl_seconds: int = 300
     port: int = 0
+    # Set to a status (e.g. 503) to play an outage: every request gets it, credentials unchecked.
+    outage: int | None = None
     _log: list[TokenRequest] = field(default_factory=list, repr=False)
     _issued: list[str] = field(default_factory=list, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -168,7 +170,9 @@ class TokenIssuer:
         scopes = tuple(s for value in query.get("scope", []) for s in value.split())
         account, ok = self._account(authorization)
         body: dict[str, object]
-        if url.path != "/token":
+        if self.outage is not None:
+            status, body = self.outage, {"errors": [{"code": "UNAVAILABLE", "message": "outage"}]}
+        elif url.path != "/token":
             status, body = 404, {"errors": [{"code": "NOT_FOUND", "message": "no such endpoint"}]}
         elif service != self.service:
             status, body = 400, {"errors": [{"code": "INVALID_SERVICE", "message": f"unknown service {service!r}"}]}
