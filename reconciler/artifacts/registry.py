@@ -267,10 +267,10 @@ class RegistryClient:
                     if remaining <= 0 or isinstance(exc, DeadlineExceeded):
                         raise DeadlineExceeded(
                             f"{what}: gave up after {attempt} attempt(s) within the "
-                            f"{self.deadline_seconds:g}s deadline: {self._clean(str(exc))}"
+                            f"{self.deadline_seconds:g}s deadline: {_unprefixed(self._clean(str(exc)), what)}"
                         ) from None
                     if attempt >= self.max_attempts:
-                        message = f"{what}: {self._clean(str(exc))} (after {attempt} attempts)"
+                        message = f"{what}: {_unprefixed(self._clean(str(exc)), what)} (after {attempt} attempts)"
                         raise Transient(message) from None
                     time.sleep(min(BACKOFF_BASE * 2 ** (attempt - 1), BACKOFF_MAX, remaining))
         finally:
@@ -485,6 +485,11 @@ class _Sink:
                 thread.join()
         if self._error is not None:
             raise self._error
+
+
+def _unprefixed(text: str, what: str) -> str:
+    """``text`` without a leading ``what: `` (the attempt's own message already names the operation)."""
+    return text[len(what) + 2:] if text.startswith(f"{what}: ") else text
 
 
 def _starts_at(response: requests.Response, offset: int) -> bool:
