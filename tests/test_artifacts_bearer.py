@@ -193,3 +193,19 @@ def test_token_realm_outage_is_transient_not_refused_credentials(token_registry:
         client = RegistryClient(None, _user(server), deadline_seconds=10, max_attempts=2)
         with pytest.raises(Transient, match=r"cannot reach token realm 127\.0\.0\.1:\d+ \(ConnectionError\)"):
             client.get_manifest(Reference.parse(server.ref(REPO, "v1")))
+
+
+def test_a_password_never_follows_a_plain_http_realm_off_this_host(token_issuer: TokenIssuer,
+                                                                  tmp_path: Path) -> None:
+    # The registry (on loopback, so plain HTTP) names a realm elsewhere over plain HTTP: the client must
+    # refuse before any byte goes to it, and say what to change.
+    settings = dataclasses.replace(token_issuer.settings, realm="http://realm.example.invalid/token")
+    with run_registry(tmp_path / "registry", token_auth=settings) as server:
+        client = RegistryClient(None, _user(server), deadline_seconds=10)
+        with pytest.raises(AuthError) as caught:
+            client.get_manifest(Reference.parse(server.ref(REPO, "v1")))
+    message = str(caught.value)
+    assert "refusing to send the credentials of 'fleet' over plain HTTP to token realm realm.example.invalid" \
+        in message
+    assert server.password and server.password not in message
+    assert not token_issuer.requests

@@ -85,11 +85,12 @@ class _Oras(oras.provider.Registry):  # type: ignore[misc]
 
     def __init__(self, hostname: str, scheme: str, verify: bool | str, credential: Credential | None,
                  timeout: Callable[[], tuple[float, float]],
-                 hard_fail: Callable[[requests.Response], None]) -> None:
+                 hard_fail: Callable[[requests.Response], None], plain_http: bool = False) -> None:
         super().__init__(hostname=hostname, insecure=scheme == "http", tls_verify=verify,
                          auth_backend="token")
         self._credential = credential
         self._timeout = timeout
+        self._plain_http = plain_http  # the registry entry says plainHTTP: true
         # Raises our error for refused credentials and server errors, which oras-py would otherwise
         # turn into bare ValueErrors deep inside push.
         self._hard_fail = hard_fail
@@ -152,7 +153,13 @@ class _Oras(oras.provider.Registry):  # type: ignore[misc]
         a realm that is down or answers 5xx must be retried, not reported as refused credentials."""
         if not challenge.realm:
             return None
-        realm = urlsplit(challenge.realm).netloc or challenge.realm
+        parts = urlsplit(challenge.realm)
+        realm = parts.netloc or challenge.realm
+        if basic and parts.scheme != "https" and not (is_loopback(parts.hostname or "") or self._plain_http):
+            # The realm comes from the registry's answer; a password must not follow it over plain HTTP.
+            name = self._credential.name if self._credential else "?"
+            raise AuthError(f"refusing to send the credentials of {name!r} over plain HTTP to token realm {realm} "
+                            "(use an https realm, or plainHTTP: true on the registry entry)")
         params = {k: v for k, v in (("service", challenge.service), ("scope", challenge.scope)) if v}
         headers = {"Accept": "application/json"}
         if basic:
@@ -223,7 +230,8 @@ class RegistryClient:
             client = self._clients.get(ref.registry)
             if client is None:
                 scheme, verify = self.transport(ref)
-                client = _Oras(ref.registry, scheme, verify, self.credential, self._timeout, self._hard_fail)
+                client = _Oras(ref.registry, scheme, verify, self.credential, self._timeout, self._hard_fail,
+                               plain_http=self.config is not None and self.config.plain_http)
                 self._clients[ref.registry] = client
             return client
 
