@@ -10,11 +10,7 @@ Remote-tracking refs mirror what the server advertised at the last fetch: ``refs
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
-import hmac
-import re
 import sys
 import urllib.parse
 from collections.abc import Iterable, Sequence
@@ -22,35 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cffi  # type: ignore[import-untyped]
 import pygit2
 
 from reconciler.errors import AuthError, DeadlineExceeded, NotFound, PushRejected, Transient
+from reconciler.knownhosts import verify_host_key
 from reconciler.location import is_url
 from reconciler.nodelay import tcp_nodelay
 
 REMOTE = "origin"
-
-# pygit2 hands certificate_check a ``None`` certificate and its own cdef of git_cert_hostkey stops after
-# the SHA-1 hash, so we read libgit2's full struct (libgit2 >= 1.5 layout) to see the host key itself.
-_CERT_FFI = cffi.FFI()
-_CERT_FFI.cdef(
-    """
-    typedef struct {
-        int cert_type;
-        int type;
-        unsigned char hash_md5[16];
-        unsigned char hash_sha1[20];
-        unsigned char hash_sha256[32];
-        int raw_type;
-        const char *hostkey;
-        size_t hostkey_len;
-    } git_cert_hostkey_full;
-    """
-)
-_CERT_SSH_SHA256 = 1 << 2
-_CERT_SSH_RAW = 1 << 3
-
 
 @dataclass(frozen=True)
 class GitAuth:
@@ -114,56 +89,6 @@ def _network_port(url: str) -> int | None:
     return _host_port(url)[1]
 
 
-def _known_host_keys(path: Path, host: str, port: int) -> tuple[list[bytes], list[bytes]]:
-    """(accepted, revoked) key blobs listed for ``host``/``port`` in an OpenSSH known_hosts file."""
-    name = host if port == 22 else f"[{host}]:{port}"
-    accepted: list[bytes] = []
-    revoked: list[bytes] = []
-    try:
-        lines = path.read_text().splitlines()
-    except OSError as exc:
-        raise AuthError(f"cannot read known_hosts file {path}: {exc.strerror}") from None
-    for line in lines:
-        fields = line.split()
-        if not fields or fields[0].startswith("#"):
-            continue
-        marker = fields.pop(0) if fields[0].startswith("@") else ""
-        if len(fields) < 3 or marker == "@cert-authority":
-            continue
-        if not _host_matches(fields[0], name):
-            continue
-        try:
-            blob = base64.b64decode(fields[2], validate=True)
-        except ValueError:
-            continue
-        (revoked if marker == "@revoked" else accepted).append(blob)
-    return accepted, revoked
-
-
-def _host_matches(patterns: str, name: str) -> bool:
-    if patterns.startswith("|1|"):  # hashed entry: |1|base64(salt)|base64(hmac_sha1(salt, name))
-        try:
-            _, _, salt, digest = patterns.split("|")
-            mac = hmac.new(base64.b64decode(salt), name.encode(), hashlib.sha1).digest()
-            return hmac.compare_digest(mac, base64.b64decode(digest))
-        except ValueError:
-            return False
-    matched = False
-    for pattern in patterns.split(","):
-        negated = pattern.startswith("!")
-        # OpenSSH patterns know only * and ?; "[host]:port" brackets are literal
-        regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern.lstrip("!"))
-        if re.fullmatch(regex, name, flags=re.IGNORECASE):
-            if negated:
-                return False
-            matched = True
-    return matched
-
-
-def _fingerprint(blob: bytes) -> str:
-    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
-
-
 class _Callbacks(pygit2.RemoteCallbacks):
     """Credentials, strict host key check, and the record of refs the server refused."""
 
@@ -205,26 +130,8 @@ class _Callbacks(pygit2.RemoteCallbacks):
         if self.auth.known_hosts is None:
             return valid  # libgit2 checked ~/.ssh/known_hosts; unknown hosts stay refused
         hostname, port = _host_port(self.url)
-        cert = _CERT_FFI.cast("git_cert_hostkey_full *", int(pygit2.ffi.cast("uintptr_t", cert_i)))
-        accepted, revoked = _known_host_keys(self.auth.known_hosts, hostname, port)
-        if cert.type & _CERT_SSH_RAW:
-            offered = bytes(_CERT_FFI.buffer(cert.hostkey, cert.hostkey_len))
-            ok = offered in accepted and offered not in revoked
-            fingerprint = _fingerprint(offered)
-        elif cert.type & _CERT_SSH_SHA256:
-            digest = bytes(cert.hash_sha256)
-            ok = any(hashlib.sha256(b).digest() == digest for b in accepted) and not any(
-                hashlib.sha256(b).digest() == digest for b in revoked
-            )
-            fingerprint = "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
-        else:
-            raise AuthError(f"{redact(self.url)}: the ssh library gave no host key to verify")
-        if not ok:
-            where = f"[{hostname}]:{port}" if port != 22 else hostname
-            listed = "does not match the key listed" if accepted else "is not listed"
-            raise AuthError(
-                f"{redact(self.url)}: host key {fingerprint} of {where} {listed} in {self.auth.known_hosts}"
-            )
+        verify_host_key(int(pygit2.ffi.cast("uintptr_t", cert_i)), hostname, port, self.auth.known_hosts,
+                        redact(self.url))
         return True
 
     def sideband_progress(self, string: str) -> None:

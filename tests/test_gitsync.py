@@ -15,7 +15,8 @@ import pygit2
 import pytest
 
 from reconciler.errors import AuthError, DeadlineExceeded, NotFound, PushRejected, Transient
-from reconciler.gitsync import FleetMirror, GitAuth, _known_host_keys, redact
+from reconciler.gitsync import FleetMirror, GitAuth, redact
+from reconciler.knownhosts import known_host_keys
 from reconciler.status.writer import StatusWriter
 from tests.services.gitserver import GIT_USER, GitServer
 
@@ -237,11 +238,11 @@ def test_known_hosts_matching(tmp_path: Path) -> None:
         f"*.example,!bad.example ssh-ed25519 {b64[key_c]}\n"
         f"@revoked git.example ssh-ed25519 {b64[key_b]}\n"
     )
-    assert _known_host_keys(path, "git.example", 22) == ([key_a, key_c], [key_b])
-    assert _known_host_keys(path, "git.example", 2222) == ([key_b, key_c], [])
-    assert _known_host_keys(path, "bad.example", 22) == ([], [])
+    assert known_host_keys(path, "git.example", 22) == ([key_a, key_c], [key_b])
+    assert known_host_keys(path, "git.example", 2222) == ([key_b, key_c], [])
+    assert known_host_keys(path, "bad.example", 22) == ([], [])
     with pytest.raises(AuthError, match="cannot read known_hosts file"):
-        _known_host_keys(tmp_path / "missing", "git.example", 22)
+        known_host_keys(tmp_path / "missing", "git.example", 22)
 
 
 def test_urls_in_messages_never_carry_a_password() -> None:
