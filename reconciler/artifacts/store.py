@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -28,17 +27,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from reconciler.artifacts.archive import extract
+from reconciler.artifacts.activation import META, activate
+from reconciler.artifacts.gc import GcResult, collect
 from reconciler.artifacts.manifest import Descriptor, Manifest, parse_manifest, safe_relative_path
 from reconciler.artifacts.reference import Reference
 from reconciler.artifacts.registry import RegistryClient
+from reconciler.artifacts.verify import find_damage
 from reconciler.durable import fsync_dir
 from reconciler.errors import IntegrityError, InvalidConfig, ReconcilerError, Stalled, Waiting
 
-META = ".reconciler-manifest.json"
+__all__ = ["META", "ArtifactStore", "GcResult", "PullResult", "human", "read_manifest"]
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
 _HEX = re.compile(r"^[0-9a-f]{64}$")
-_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -48,21 +49,6 @@ class PullResult:
     bytes_downloaded: int
     seconds: float
     cached: bool
-
-
-@dataclass(frozen=True)
-class GcResult:
-    removed_versions: tuple[tuple[str, str], ...]
-    removed_blobs: int
-    freed_bytes: int
-
-
-def _sha256_file(path: Path) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_CHUNK):
-            hasher.update(block)
-    return "sha256:" + hasher.hexdigest()
 
 
 def human(n: float) -> str:
@@ -176,7 +162,7 @@ class ArtifactStore:
             self._check_disk(manifest, missing, where)
             downloaded = self._fetch(reference, client, manifest, missing, progress)
             self._store_manifest(manifest)
-            path = self._activate(model, version, reference.pinned(manifest.digest), manifest)
+            path = activate(self, model, version, reference.pinned(manifest.digest), manifest)
             return PullResult(path, manifest.digest, downloaded, time.monotonic() - started, False)
 
     def _check_layers(self, manifest: Manifest, where: str) -> None:
@@ -254,67 +240,6 @@ class ArtifactStore:
         os.replace(tmp, blob)
         fsync_dir(self.blobs)
 
-    def _activate(self, model: str, version: str, pinned: Reference, manifest: Manifest) -> Path:
-        model_dir = self.models / model
-        model_dir.mkdir(parents=True, exist_ok=True)
-        link = model_dir / version
-        if link.exists() and not link.is_symlink():
-            raise Stalled(f"{link} exists and is not a link made by the store; move it away")
-        build = model_dir / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
-        build.mkdir()
-        try:
-            files: dict[str, str] = {}
-            links: dict[str, str] = {}
-            budget = self.max_extract_bytes
-            for layer in manifest.layers:
-                blob = self.blob_path(layer.digest)
-                kind = layer.is_archive
-                if kind:
-                    out = extract(blob, build, compression=kind, max_bytes=budget,
-                                  what=f"{pinned}: layer {layer.digest}")
-                    budget -= out.size
-                    files.update(out.files)
-                    links.update(out.links)
-                    continue
-                title = safe_relative_path(layer.title or "", f"{pinned}: layer title")
-                dest = build / title
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    os.link(blob, dest)
-                except OSError:  # another filesystem, or links not supported
-                    shutil.copyfile(blob, dest)
-                    os.chmod(dest, 0o444)
-                files[title] = layer.digest
-            meta = {
-                "model": model,
-                "version": version,
-                "reference": str(pinned),
-                "manifestDigest": manifest.digest,
-                "config": manifest.config.digest if manifest.config else None,
-                "layers": [d.digest for d in manifest.layers],
-                "files": files,
-                "links": links,
-                "activatedAt": time.time(),
-            }
-            with open(build / META, "w") as f:
-                json.dump(meta, f, indent=1, sort_keys=True)
-                f.flush()
-                os.fsync(f.fileno())
-            fsync_dir(build)
-            final = model_dir / f".v-{version}-{manifest.digest[7:19]}-{uuid.uuid4().hex[:6]}"
-            os.rename(build, final)
-        except BaseException:
-            shutil.rmtree(build, ignore_errors=True)
-            raise
-        old = Path(os.readlink(link)) if link.is_symlink() else None
-        tmp_link = model_dir / f".link-{version}-{uuid.uuid4().hex[:8]}"
-        os.symlink(final.name, tmp_link)
-        os.replace(tmp_link, link)
-        fsync_dir(model_dir)
-        if old is not None and old.name != final.name:
-            shutil.rmtree(model_dir / old.name, ignore_errors=True)
-        return link
-
     # -- verify -------------------------------------------------------------------------------------
 
     def verify(self, client_for: Callable[[str], RegistryClient] | None = None,
@@ -323,54 +248,21 @@ class ArtifactStore:
 
         With ``repair``, corrupt blobs are deleted and each damaged version is pulled again from the
         registry (``client_for(reference)`` gives the client); a repair that fails raises."""
-        failures: list[str] = []
-        bad_blobs: list[Path] = []
-        if self.blobs.is_dir():
-            for blob in sorted(self.blobs.iterdir()):
-                if not _HEX.match(blob.name):
-                    continue
-                actual = _sha256_file(blob)
-                if actual != f"sha256:{blob.name}":
-                    failures.append(f"blob sha256:{blob.name}: content does not match (found {actual})")
-                    bad_blobs.append(blob)
-        damaged: list[tuple[str, str, dict[str, Any]]] = []
-        for model, version, meta in self.versions():
-            problems = self._verify_version(model, version, meta)
-            failures.extend(problems)
-            if problems:
-                damaged.append((model, version, meta))
-        if repair and failures:
+        damage = find_damage(self)
+        if repair and damage.failures:
             if client_for is None:
                 raise Stalled("cannot repair the store without registry access")
             with self._locked():
-                for blob in bad_blobs:
+                for blob in damage.blobs:
                     blob.unlink(missing_ok=True)
-            for model, version, meta in damaged:
+            for model, version, meta in damage.versions:
                 reference = str(meta["reference"])
                 try:
                     self._pull(reference, client_for(reference), model=model, version=version,
                                progress=None, force=True)
                 except ReconcilerError as exc:
                     raise type(exc)(f"repairing {model} {version}: {exc}") from None
-        return failures
-
-    def _verify_version(self, model: str, version: str, meta: dict[str, Any]) -> list[str]:
-        problems = []
-        base = self.models / model / version
-        label = f"models/{model}/{version}"
-        for rel, digest in sorted(dict(meta.get("files", {})).items()):
-            path = base / rel
-            if path.is_symlink() or not path.is_file():
-                problems.append(f"{label}/{rel}: missing or not a regular file")
-                continue
-            actual = _sha256_file(path)
-            if actual != digest:
-                problems.append(f"{label}/{rel}: expected {digest}, found {actual}")
-        for rel, target in sorted(dict(meta.get("links", {})).items()):
-            path = base / rel
-            if not path.is_symlink() or os.readlink(path) != target:
-                problems.append(f"{label}/{rel}: symlink changed (expected -> {target})")
-        return problems
+        return list(damage.failures)
 
     # -- garbage collection -------------------------------------------------------------------------
 
@@ -379,75 +271,8 @@ class ArtifactStore:
 
         For each model still desired, the ``keep_previous`` most recently activated other versions are
         kept for a fast rollback; models no longer desired at all are removed entirely."""
-        wanted = set(desired)
-        wanted_models = {m for m, _ in wanted}
-        removed: list[tuple[str, str]] = []
-        freed = 0
         with self._locked():
-            by_model: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-            for model, version, meta in self.versions():
-                by_model.setdefault(model, []).append((version, meta))
-            kept_metas: list[dict[str, Any]] = []
-            for model, entries in by_model.items():
-                others = sorted((e for e in entries if (model, e[0]) not in wanted),
-                                key=lambda e: float(e[1].get("activatedAt", 0)), reverse=True)
-                spare = others[:keep_previous] if model in wanted_models else []
-                for version, meta in entries:
-                    if (model, version) in wanted or (version, meta) in spare:
-                        kept_metas.append(meta)
-                        continue
-                    link = self.models / model / version
-                    target = self.models / model / os.readlink(link)
-                    link.unlink()
-                    freed += _remove_tree(target)
-                    removed.append((model, version))
-            if self.models.is_dir():
-                freed += self._remove_strays()
-            referenced: set[str] = set()
-            for meta in kept_metas:
-                referenced.update(str(d) for d in meta.get("layers", []))
-                referenced.add(str(meta.get("manifestDigest")))
-                if meta.get("config"):
-                    referenced.add(str(meta["config"]))
-            removed_blobs = 0
-            if self.blobs.is_dir():
-                for blob in self.blobs.iterdir():
-                    if f"sha256:{blob.name}" not in referenced:
-                        freed += blob.stat().st_size if blob.stat().st_nlink == 1 else 0
-                        blob.unlink()
-                        removed_blobs += 1
-            if self.blobs.is_dir():
-                fsync_dir(self.blobs)
-        return GcResult(tuple(removed), removed_blobs, freed)
-
-    def _remove_strays(self) -> int:
-        """Half-built dirs from a crash, temp links, and version dirs no link points to."""
-        freed = 0
-        for model_dir in self.models.iterdir():
-            if not model_dir.is_dir() or model_dir.is_symlink():
-                continue
-            targets = {os.readlink(e) for e in model_dir.iterdir()
-                       if e.is_symlink() and not e.name.startswith(".")}
-            for entry in model_dir.iterdir():
-                if entry.name.startswith(".link-"):
-                    entry.unlink()
-                elif entry.name.startswith((".tmp-", ".v-")) and entry.name not in targets:
-                    freed += _remove_tree(entry)
-            if not any(model_dir.iterdir()):
-                model_dir.rmdir()
-        return freed
-
-
-def _remove_tree(path: Path) -> int:
-    """Remove a directory; returns the bytes this frees (files shared with blobs count with the blob)."""
-    freed = 0
-    for dirpath, _, filenames in os.walk(path):
-        for name in filenames:
-            st = os.lstat(os.path.join(dirpath, name))
-            if st.st_nlink == 1:
-                freed += st.st_size
-    shutil.rmtree(path, ignore_errors=True)
-    return freed
+            return collect(self, desired, keep_previous)
 
 
 def read_manifest(store: ArtifactStore, digest: str) -> Manifest:
