@@ -25,7 +25,8 @@ import yaml
 
 from reconciler import agentconfig
 from reconciler.agent import Agent
-from reconciler.runtimes.docker import L_DEVICE, L_MANAGED, L_MODEL, L_VERSION, _cpu_percent
+from reconciler.runtimes.docker_observation import _cpu_percent
+from reconciler.runtimes.docker_spec import L_DEVICE, L_MANAGED, L_MODEL, L_VERSION
 from tests.agentlab import Lab, publish
 from tests.fleetutil import git
 from tests.services.dockerd import DockerDaemon, build_busybox_image, push_image

@@ -18,7 +18,9 @@ from reconciler.credentials import CredentialStore
 from reconciler.errors import AuthError, InvalidConfig, NotFound, RuntimeUnavailable, Stalled
 from reconciler.model import HealthCheck, Observed, RegistryConfig, Resources, Workload
 from reconciler.runtimes import get_runtime
-from reconciler.runtimes.docker import (
+from reconciler.runtimes.docker import DockerRuntime, _trim_logs
+from reconciler.runtimes.docker_observation import _cpu_percent, _epoch, _memory_bytes
+from reconciler.runtimes.docker_spec import (
     DETECTORS_MOUNT,
     L_DEVICE,
     L_MANAGED,
@@ -26,11 +28,6 @@ from reconciler.runtimes.docker import (
     L_SPEC,
     L_VERSION,
     MODEL_MOUNT,
-    DockerRuntime,
-    _cpu_percent,
-    _epoch,
-    _memory_bytes,
-    _trim_logs,
     container_spec,
     device_requests,
     observed_settings,

@@ -23,7 +23,8 @@ import pytest
 from reconciler.errors import InvalidConfig, NotFound
 from reconciler.model import HealthCheck, Observed, Resources, Workload
 from reconciler.runtimes import get_runtime, health
-from reconciler.runtimes.process import ProcessRuntime, cpu_affinity, expand, parse_memory
+from reconciler.runtimes.process import ProcessRuntime
+from reconciler.runtimes.process_spec import cpu_affinity, expand, parse_memory
 from reconciler.runtimes.supervisor import proc_start_ticks
 
 PY = sys.executable

@@ -1,0 +1,131 @@
+"""How a workload becomes a container: our labels, the mounts, ``containers.create`` arguments, and the
+settings we compare to ``docker inspect`` to see a container changed by hand.
+
+Pure (no Docker client, no I/O): kept apart so the translation is read and unit-tested on its own, and
+``docker.py`` holds only the talking to the daemon.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from reconciler.errors import InvalidConfig
+from reconciler.model import Resources, Workload
+
+LABEL = "io.edge-reconciler"
+L_MANAGED, L_DEVICE, L_MODEL = f"{LABEL}.managed", f"{LABEL}.device", f"{LABEL}.model"
+L_VERSION, L_SPEC, L_CONFIG = f"{LABEL}.version", f"{LABEL}.spec-hash", f"{LABEL}.config"
+L_RESOLVED = f"{LABEL}.resolved-image"  # the digest a tag-only image reference resolved to
+MODEL_MOUNT = "/model"
+DETECTORS_MOUNT = "/etc/reconciler/detectors.yaml"
+
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_memory(text: str) -> int:
+    """``1536m``, ``1g``, ``512k``, ``1Gi``, ``2048`` (bytes) -> bytes; binary units, as ``docker -m``."""
+    m = _MEMORY.match(str(text))
+    if not m:
+        raise InvalidConfig(f"resources.memory {text!r} is not a size like 512k, 1536m or 1g")
+    return int(float(m[1]) * _UNITS[m[2].lower()])
+
+
+def device_requests(gpus: str | int | None) -> list[dict[str, Any]]:
+    """``resources.gpus`` as Docker device requests: ``"all"`` -> count -1, ``2`` -> count 2, 0 -> none."""
+    if gpus is None:
+        return []
+    if isinstance(gpus, str) and gpus.strip().lower() == "all":
+        count = -1
+    else:
+        try:
+            count = int(gpus)
+        except ValueError:
+            raise InvalidConfig(f"resources.gpus {gpus!r} must be 'all' or a count") from None
+        if count < 0:
+            raise InvalidConfig(f"resources.gpus {gpus!r} must be 'all' or a count")
+    return [{"count": count, "capabilities": [["gpu"]]}] if count else []
+
+
+def settings(workload: Workload, publish_address: str, restart_policy: str) -> dict[str, Any]:
+    """The container settings that can drift (``docker update``) or be compared after the fact, normalised
+    the same way from a workload and from ``docker inspect`` (see ``observed_settings``)."""
+    r: Resources = workload.resources
+    ports = sorted({p for p in (workload.port, workload.health.port) if p is not None})
+    mounts = []
+    if workload.model_dir:
+        mounts.append([str(Path(workload.model_dir)), MODEL_MOUNT])
+    if workload.detectors_config:
+        mounts.append([str(Path(workload.detectors_config)), DETECTORS_MOUNT])
+    return {
+        "nano_cpus": round(r.cpus * 1e9) if r.cpus else 0,
+        "memory": parse_memory(r.memory) if r.memory else 0,
+        "gpus": [d["count"] for d in device_requests(r.gpus)],
+        "restart": restart_policy,
+        "ports": [[f"{p}/tcp", publish_address] for p in ports],
+        "mounts": mounts,
+    }
+
+
+def observed_settings(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    host = attrs.get("HostConfig") or {}
+    bindings = host.get("PortBindings") or {}
+    return {
+        "nano_cpus": host.get("NanoCpus") or 0,
+        "memory": host.get("Memory") or 0,
+        "gpus": [d.get("Count") for d in host.get("DeviceRequests") or []],
+        "restart": (host.get("RestartPolicy") or {}).get("Name") or "no",
+        "ports": sorted([port, (b[0] if b else {}).get("HostIp", "")] for port, b in bindings.items()),
+        "mounts": [[m.get("Source"), m.get("Target")] for m in host.get("Mounts") or [] if m.get("ReadOnly")],
+    }
+
+
+def container_spec(workload: Workload, publish_address: str, restart_policy: str) -> dict[str, Any]:
+    """Keyword arguments for ``containers.create``: pure, so the translation is unit-tested without Docker."""
+    if not workload.image:
+        what = f"model {workload.model} version {workload.version}"
+        raise InvalidConfig(f"{what}: runtime docker needs an image")
+    wanted = settings(workload, publish_address, restart_policy)
+    env = dict(workload.env)
+    env.update(MODEL_NAME=workload.model, MODEL_VERSION=workload.version)
+    if workload.model_dir:
+        env["MODEL_DIR"] = MODEL_MOUNT
+    if workload.detectors_config:
+        env["DETECTORS_CONFIG"] = DETECTORS_MOUNT
+    spec: dict[str, Any] = {
+        "image": workload.image,
+        "name": container_name(workload),
+        "environment": env,
+        "labels": {
+            L_MANAGED: "true",
+            L_DEVICE: workload.device,
+            L_MODEL: workload.model,
+            L_VERSION: workload.version,
+            L_SPEC: workload.spec_hash,
+            L_CONFIG: json.dumps(wanted, sort_keys=True, separators=(",", ":")),
+        },
+        "mounts": [{"Type": "bind", "Source": s, "Target": t, "ReadOnly": True} for s, t in wanted["mounts"]],
+        "ports": {port: (address, None) for port, address in wanted["ports"]},
+        "restart_policy": {"Name": restart_policy},
+        "detach": True,
+    }
+    if workload.command:
+        spec["command"] = list(workload.command)
+    if wanted["nano_cpus"]:
+        spec["nano_cpus"] = wanted["nano_cpus"]
+    if wanted["memory"]:
+        spec["mem_limit"] = wanted["memory"]
+    if wanted["gpus"]:
+        spec["device_requests"] = device_requests(workload.resources.gpus)
+    return spec
+
+
+def container_name(workload: Workload) -> str:
+    # Unique per start: old and new containers of one model run side by side during a replacement.
+    base = re.sub(r"[^a-zA-Z0-9_.-]", "-", f"{workload.device}.{workload.model}.{workload.version}")
+    return f"rc.{base[:80]}.{secrets.token_hex(3)}"
