@@ -2,7 +2,8 @@
 stats sample (memory, CPU, start time, restarts, drift from the settings we gave it, published ports).
 
 Kept apart from ``docker.py`` because it is parsing, not talking to the daemon: apart from taking the stats
-sample it only reads what the docker SDK already fetched, and it is unit-tested on recorded documents.
+sample it only reads what the docker SDK already fetched, so the parsing is unit-tested on stats documents
+without Docker.
 """
 
 from __future__ import annotations
