@@ -31,28 +31,12 @@ from reconciler.runtimes.docker_spec import (
     container_spec,
     device_requests,
     observed_settings,
-    parse_memory,
     settings,
 )
 from tests.services.dockerd import DockerDaemon, build_busybox_image, push_image
 from tests.services.registry import RegistryServer, free_port, run_registry
 
 # -- unit: pure translation ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [("1536m", 1536 * 2**20), ("1g", 2**30), ("512k", 512 * 1024), ("2048", 2048), ("1Gi", 2**30),
-     ("0.5g", 2**29), ("64MB", 64 * 2**20)],
-)
-def test_parse_memory(text: str, expected: int) -> None:
-    assert parse_memory(text) == expected
-
-
-@pytest.mark.parametrize("text", ["lots", "1x", "-1g", ""])
-def test_parse_memory_rejects_nonsense_naming_the_field(text: str) -> None:
-    with pytest.raises(InvalidConfig, match=r"resources\.memory"):
-        parse_memory(text)
 
 
 def test_device_requests() -> None:

@@ -24,7 +24,7 @@ from reconciler.errors import InvalidConfig, NotFound
 from reconciler.model import HealthCheck, Observed, Resources, Workload
 from reconciler.runtimes import get_runtime, health
 from reconciler.runtimes.process import ProcessRuntime
-from reconciler.runtimes.process_spec import cpu_affinity, expand, parse_memory
+from reconciler.runtimes.process_spec import cpu_affinity, expand
 from reconciler.runtimes.supervisor import proc_start_ticks
 
 PY = sys.executable
@@ -117,16 +117,6 @@ SLEEPER = py("import time; time.sleep(300)")
 
 
 # -- pure helpers --------------------------------------------------------------------------------------
-def test_parse_memory_reads_docker_and_kubernetes_units() -> None:
-    assert parse_memory("1536m") == 1536 * 2**20
-    assert parse_memory("1g") == 2**30
-    assert parse_memory("512Mi") == 512 * 2**20
-    assert parse_memory("100MiB") == 100 * 2**20
-    assert parse_memory("4096") == 4096
-    with pytest.raises(InvalidConfig, match=r"resources\.memory"):
-        parse_memory("lots")
-
-
 def test_cpu_affinity_takes_ceil_of_cpus_within_allowed_cores() -> None:
     assert len(cpu_affinity(1.5, "a", allowed=[0, 1, 2, 3])) == 2
     assert len(cpu_affinity(0.1, "a", allowed=[0, 1, 2, 3])) == 1

@@ -8,9 +8,9 @@ from typing import Any
 
 from reconciler.errors import Problem
 from reconciler.fleet.document import Document, Path_
+from reconciler.quantities import parse_memory
 
 _SIZE = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti)$")
-_MEMORY = re.compile(r"^[0-9]+(\.[0-9]+)?[bkmgBKMG]?$")
 _DURATION = re.compile(r"^([0-9]+(\.[0-9]+)?)([smhd]?)$")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _SECRET_KEY = re.compile(
@@ -40,15 +40,6 @@ def parse_size(value: str) -> int | None:
         return None
     unit = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}[m.group(2)]
     return int(float(value[: -2]) * unit)
-
-
-def parse_memory(value: str) -> int | None:
-    """Bytes from docker-style ``512k``, ``1536m``, ``1g``; None when malformed."""
-    if not _MEMORY.match(value):
-        return None
-    unit = value[-1].lower() if value[-1].isalpha() else "b"
-    number = value[:-1] if value[-1].isalpha() else value
-    return int(float(number) * {"b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}[unit])
 
 
 def document_rules(doc: Document) -> list[Problem]:
@@ -90,7 +81,7 @@ def document_rules(doc: Document) -> list[Problem]:
             mem = (v.get("resources") or {}).get("memory")
             if mem is not None and parse_memory(mem) is None:
                 out.append(doc.problem(("spec", "versions", version, "resources", "memory"),
-                                       f"malformed memory {mem!r}: use a number with b, k, m or g (e.g. 512m, 1g)"))
+                                       f"malformed memory {mem!r}: use a number with k, m, g or t (e.g. 512m, 1g, 1536Mi)"))
     return out
 
 
@@ -151,5 +142,5 @@ def _config_rules(doc: Document, where: Path_, config: Any) -> list[Problem]:
     mem = (config.get("resources") or {}).get("memory")
     if isinstance(mem, str) and parse_memory(mem) is None:
         out.append(doc.problem((*where, "resources", "memory"),
-                               f"malformed memory {mem!r}: use a number with b, k, m or g (e.g. 512m, 1g)"))
+                               f"malformed memory {mem!r}: use a number with k, m, g or t (e.g. 512m, 1g, 1536Mi)"))
     return out

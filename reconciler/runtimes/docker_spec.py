@@ -16,6 +16,7 @@ from typing import Any
 
 from reconciler.errors import InvalidConfig
 from reconciler.model import Resources, Workload
+from reconciler.quantities import memory_bytes
 
 LABEL = "io.edge-reconciler"
 L_MANAGED, L_DEVICE, L_MODEL = f"{LABEL}.managed", f"{LABEL}.device", f"{LABEL}.model"
@@ -24,16 +25,6 @@ L_RESOLVED = f"{LABEL}.resolved-image"  # the digest a tag-only image reference 
 MODEL_MOUNT = "/model"
 DETECTORS_MOUNT = "/etc/reconciler/detectors.yaml"
 
-_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)(i?b?)\s*$", re.IGNORECASE)
-_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-
-
-def parse_memory(text: str) -> int:
-    """``1536m``, ``1g``, ``512k``, ``1Gi``, ``2048`` (bytes) -> bytes; binary units, as ``docker -m``."""
-    m = _MEMORY.match(str(text))
-    if not m:
-        raise InvalidConfig(f"resources.memory {text!r} is not a size like 512k, 1536m or 1g")
-    return int(float(m[1]) * _UNITS[m[2].lower()])
 
 
 def device_requests(gpus: str | int | None) -> list[dict[str, Any]]:
@@ -64,7 +55,7 @@ def settings(workload: Workload, publish_address: str, restart_policy: str) -> d
         mounts.append([str(Path(workload.detectors_config)), DETECTORS_MOUNT])
     return {
         "nano_cpus": round(r.cpus * 1e9) if r.cpus else 0,
-        "memory": parse_memory(r.memory) if r.memory else 0,
+        "memory": memory_bytes(r.memory) if r.memory else 0,
         "gpus": [d["count"] for d in device_requests(r.gpus)],
         "restart": restart_policy,
         "ports": [[f"{p}/tcp", publish_address] for p in ports],

@@ -19,23 +19,11 @@ from typing import Any
 
 from reconciler.errors import InvalidConfig, NotFound
 from reconciler.model import Workload
+from reconciler.quantities import memory_bytes
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _BASE_ENV = ("PATH", "LANG", "HOME", "TZ")
 _REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(b?)\s*$", re.IGNORECASE)
-
-
-def parse_memory(text: str | int) -> int:
-    """``1536m``, ``1g``, ``512Mi``, ``100MiB`` or a byte count -> bytes.  Units are binary, as Docker reads
-    them."""
-    if isinstance(text, int):
-        return text
-    m = _MEMORY.match(text)
-    if not m:
-        raise InvalidConfig(f"resources.memory: cannot read {text!r} (expected e.g. 512m, 1g, 1536Mi)")
-    power = " kmgt".index(m.group(2).lower() or " ")
-    return int(float(m.group(1)) * 1024**power)
 
 
 def cpu_affinity(cpus: float, model: str, allowed: list[int] | None = None) -> list[int]:
@@ -110,7 +98,7 @@ def run_spec(
         # space reserved but never touched (Go, the JVM, CUDA and glibc arenas reserve far more than they
         # use), so it kills healthy models.  RLIMIT_DATA (Linux >= 4.7) counts private writable mappings:
         # the heap and anonymous mmaps a leaking model grows.  A hard cap needs cgroups (docker runtime).
-        "memoryLimitBytes": parse_memory(res.memory) if res.memory else None,
+        "memoryLimitBytes": memory_bytes(res.memory) if res.memory else None,
         "gpus": res.gpus,
         "supervisor": supervisor,
         "createdAt": time.time(),

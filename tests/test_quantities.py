@@ -1,0 +1,26 @@
+"""Memory sizes: one reading for the validator and every runtime."""
+
+from __future__ import annotations
+
+import pytest
+
+from reconciler.errors import InvalidConfig
+from reconciler.quantities import memory_bytes, parse_memory
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("1536m", 1536 * 2**20), ("1g", 2**30), ("512k", 512 * 1024), ("2048", 2048), ("1Gi", 2**30),
+     ("0.5g", 2**29), ("64MB", 64 * 2**20), ("512Mi", 512 * 2**20), ("100MiB", 100 * 2**20), ("1t", 2**40),
+     ("10b", 10), (4096, 4096)],
+)
+def test_docker_and_kubernetes_units_are_binary(text: str | int, expected: int) -> None:
+    assert parse_memory(text) == expected
+    assert memory_bytes(text) == expected
+
+
+@pytest.mark.parametrize("text", ["lots", "1x", "-1g", "", "5i", "1.g", -1, True])
+def test_nonsense_is_refused_naming_the_field(text: str | int) -> None:
+    assert parse_memory(text) is None
+    with pytest.raises(InvalidConfig, match=r"resources\.memory"):
+        memory_bytes(text)
