@@ -174,6 +174,20 @@ def test_detector_change_signals_the_workload(lab: Lab) -> None:
     assert det[1]["min_time_between_escalations"] == 5
 
 
+def test_detector_change_restarts_a_workload_without_reload_signal(lab: Lab) -> None:
+    assert lab.run() == 0
+    before = json.loads(lab.get("/detectors")[1])
+    assert before["detectors"] == ["det_a"]
+    lab.commit({"groups/all.yaml": lab.group_yaml("1.0", [
+        {"detector_id": "det_a", "model": "counter"},
+        {"detector_id": "det_b", "model": "counter"}])}, "add detector")
+    assert lab.run() == 0
+    after = json.loads(lab.get("/detectors")[1])
+    assert after["detectors"] == ["det_a", "det_b"]
+    assert after["pid"] != before["pid"] and after["reloads"] == 1  # a new process read the new file
+    assert json.loads(lab.get("/healthz")[1])["version"] == "1.0"
+
+
 def test_rewind_is_refused(lab: Lab) -> None:
     lab.commit({"groups/all.yaml": lab.group_yaml("2.0")}, "upgrade")
     assert lab.run() == 0

@@ -54,7 +54,7 @@ class Handler(BaseHTTPRequestHandler):
                 return
             self._send(200, {"model": os.environ.get("MODEL_NAME"), "version": os.environ.get("MODEL_VERSION")})
         elif self.path == "/detectors":
-            self._send(200, {"detectors": STATE["detectors"], "reloads": STATE["reloads"]})
+            self._send(200, {"detectors": STATE["detectors"], "reloads": STATE["reloads"], "pid": os.getpid()})
         else:
             self._send(404, {"error": "not found"})
 
