@@ -1,16 +1,21 @@
-"""Memory sizes as the fleet files write them, read one way by the validator and by every runtime.
+"""Quantities as the fleet files write them, read one way by the validator, the views and every runtime.
 
-``512k``, ``1536m``, ``1g`` as ``docker -m`` takes them, the Kubernetes forms ``512Mi`` / ``1Gi``, an optional
-trailing ``b`` (``64MB``, ``100MiB``) and plain byte counts.  Units are binary, as Docker reads them.
+Memory sizes: ``512k``, ``1536m``, ``1g`` as ``docker -m`` takes them, the Kubernetes forms ``512Mi`` / ``1Gi``, an
+optional trailing ``b`` (``64MB``, ``100MiB``) and plain byte counts; units are binary, as Docker reads them.
+Byte sizes of logs (``100Mi``) and durations (``90``, ``5m``, ``7d``).
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from reconciler.errors import InvalidConfig
 
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(b?)\s*$", re.IGNORECASE)
+_SIZE = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti)$")
+_DURATION = re.compile(r"^([0-9]+(\.[0-9]+)?)([smhd]?)$")
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_memory(value: str | int) -> int | None:
@@ -31,3 +36,22 @@ def memory_bytes(value: str | int) -> int:
     if size is None:
         raise InvalidConfig(f"resources.memory {value!r} is not a size like 512m, 1g or 1536Mi")
     return size
+
+
+def parse_duration(value: Any) -> float | None:
+    """Seconds from ``90``, ``"90"``, ``"5m"``, ``"7d"``; None when malformed."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return float(value) if value >= 0 else None
+    m = _DURATION.match(str(value).strip())
+    return float(m.group(1)) * _DURATION_UNITS[m.group(3)] if m else None
+
+
+def parse_size(value: str) -> int | None:
+    """Bytes from ``100Mi``, ``2Gi``; None when malformed."""
+    m = _SIZE.match(value)
+    if not m:
+        return None
+    unit = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}[m.group(2)]
+    return int(float(value[: -2]) * unit)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from reconciler.errors import InvalidConfig
-from reconciler.quantities import memory_bytes, parse_memory
+from reconciler.quantities import memory_bytes, parse_duration, parse_memory, parse_size
 
 
 @pytest.mark.parametrize(
@@ -24,3 +24,20 @@ def test_nonsense_is_refused_naming_the_field(text: str | int) -> None:
     assert parse_memory(text) is None
     with pytest.raises(InvalidConfig, match=r"resources\.memory"):
         memory_bytes(text)
+
+
+@pytest.mark.parametrize(("value", "seconds"), [(90, 90.0), ("90", 90.0), ("5m", 300.0), ("2h", 7200.0),
+                                                 ("7d", 604800.0), ("1.5m", 90.0), (0, 0.0)])
+def test_durations(value: str | int, seconds: float) -> None:
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["soon", "-5m", -1, True, "5w", ""])
+def test_malformed_durations(value: str | int) -> None:
+    assert parse_duration(value) is None
+
+
+def test_log_sizes_take_binary_suffixes_only() -> None:
+    assert parse_size("100Mi") == 100 * 2**20
+    assert parse_size("1.5Gi") == 3 * 2**29
+    assert parse_size("100m") is None and parse_size("100") is None

@@ -27,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import pygit2
 
-    from reconciler.fleet.rules import parse_duration
+    from reconciler.quantities import parse_duration
     from reconciler.views.statusview import StatusView
 
     # Every status commit and tree is read once; libgit2's object cache would keep all 10,000 of them

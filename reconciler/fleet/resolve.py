@@ -14,9 +14,10 @@ from typing import Any
 
 from reconciler.errors import InvalidConfig, NotFound, Problem
 from reconciler.fleet.document import Document, Path_
-from reconciler.fleet.rules import DIGEST, parse_duration
+from reconciler.fleet.rules import DIGEST
 from reconciler.fleet.view import FleetView
 from reconciler.model import DesiredState, Detector, HealthCheck, ModelAssignment, RegistryConfig, Resources
+from reconciler.quantities import parse_duration
 
 ALL = "all"
 _HOSTLIKE = re.compile(r"[.:]|^localhost$")

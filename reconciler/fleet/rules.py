@@ -8,11 +8,8 @@ from typing import Any
 
 from reconciler.errors import Problem
 from reconciler.fleet.document import Document, Path_
-from reconciler.quantities import parse_memory
+from reconciler.quantities import parse_duration, parse_memory, parse_size
 
-_SIZE = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti)$")
-_DURATION = re.compile(r"^([0-9]+(\.[0-9]+)?)([smhd]?)$")
-_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _SECRET_KEY = re.compile(
     r"(?i)(pass(word|wd)?|pwd|secret|token|api[-_]?key|access[-_]?key|private[-_]?key|client[-_]?secret|auth)$"
 )
@@ -21,25 +18,6 @@ _SECRET_VALUE = re.compile(
     r"|eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.|[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@)"
 )
 DIGEST = re.compile(r"@sha256:[0-9a-f]{64}$")
-
-
-def parse_duration(value: Any) -> float | None:
-    """Seconds from ``90``, ``"90"``, ``"5m"``, ``"7d"``; None when malformed."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int | float):
-        return float(value) if value >= 0 else None
-    m = _DURATION.match(str(value).strip())
-    return float(m.group(1)) * _DURATION_UNITS[m.group(3)] if m else None
-
-
-def parse_size(value: str) -> int | None:
-    """Bytes from ``100Mi``, ``2Gi``; None when malformed."""
-    m = _SIZE.match(value)
-    if not m:
-        return None
-    unit = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}[m.group(2)]
-    return int(float(value[: -2]) * unit)
 
 
 def document_rules(doc: Document) -> list[Problem]:

@@ -16,9 +16,9 @@ from typing import Any
 import pygit2
 
 from reconciler.errors import ReconcilerError
-from reconciler.fleet.rules import parse_duration
 from reconciler.fleet.source import GitSource
 from reconciler.fleet.view import FleetView
+from reconciler.quantities import parse_duration
 from reconciler.views import snapshot
 from reconciler.views.fleetrepo import FleetRepo
 
