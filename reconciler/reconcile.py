@@ -11,7 +11,6 @@ goes on with the last applied commit, so what runs keeps running and drift is st
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import logging
 import time
 from dataclasses import dataclass, field
@@ -29,11 +28,12 @@ from reconciler.errors import (
     ReconcilerError,
     Stalled,
 )
+from reconciler.executor import Executor, now_iso
 from reconciler.fleet.resolve import render_device
 from reconciler.fleet.source import GitSource
 from reconciler.fleet.view import FleetView, ParseCache
 from reconciler.gitsync import FleetMirror, GitAuth
-from reconciler.model import DesiredState, Observed, Workload, workload_from_dict, workload_to_dict
+from reconciler.model import DesiredState, Observed, Workload
 from reconciler.plan import Action, plan
 from reconciler.runtimes import get_runtime
 from reconciler.runtimes.base import Runtime
@@ -42,17 +42,9 @@ from reconciler.status import conditions as summarizer
 from reconciler.status import document as status_doc
 from reconciler.status.writer import StatusWriter
 
+__all__ = ["Cycle", "Reconciler", "now_iso"]  # now_iso lives in executor.py; kept importable here
+
 log = logging.getLogger("reconciler.agent")
-
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _digest(info: dict[str, Any], w: Workload) -> str | None:
-    """The digest status reports: the artifact's manifest, else (an image-only model) the pinned image's."""
-    pulled: str | None = (info.get("digests") or {}).get(w.version)
-    return pulled or (w.image.partition("@")[2] or None if w.image else None)
 
 
 @dataclass
@@ -100,6 +92,8 @@ class Reconciler:
         self._store: Any = None
         self.last_cycle: Cycle | None = None
         self._secrets: tuple[str, ...] | None = None
+        self.executor = Executor(self.state, config.device, self.data_dir, runtime=self._runtime,
+                                 store=self._store_for, mask=self._mask)
 
     # -- the pass ------------------------------------------------------------------------------------------
     def run_once(self) -> Cycle:
@@ -185,7 +179,7 @@ class Reconciler:
         assert cycle.desired is not None
         runtime = self._runtime(str(cycle.desired.config.get("runtime", "process")))
         cycle.observed = runtime.observe(self.config.device, with_stats=False)  # planning needs no stats
-        self._adopt(runtime, cycle)
+        self.executor.adopt(runtime, cycle)
         # workloads left in a runtime the device no longer uses are stopped too
         for name in [r for r in self.state.runtimes if r != runtime.name]:
             with contextlib.suppress(ReconcilerError):
@@ -203,142 +197,8 @@ class Reconciler:
                              failed=set(self.state.failed))
 
     def execute(self, cycle: Cycle) -> None:
-        assert cycle.desired is not None
-        runtime = self._runtime(str(cycle.desired.config.get("runtime", "process")))
-        versions = {m.name: m.version for m in cycle.desired.models}
-        detectors_file.write(self.data_dir, cycle.desired.detectors, versions)
-        self.state.detectors = detectors_file.per_model_hash(cycle.desired.detectors)
-        for action in cycle.actions:
-            self._execute(runtime, action, cycle)
-        # what runs now, for status (memory, state); measured again only when something changed or a
-        # heartbeat is due, since a no-op cycle must stay cheap (docker stats cost a second)
-        heartbeat = cycle.desired.settings.get("heartbeatInterval", 3600.0)
-        due = time.time() - self.state.last_status_commit >= heartbeat
-        now_running = runtime.observe(self.config.device) if cycle.did_work or due else cycle.observed
-        observed = {o.model: o for o in now_running if o.spec_hash in {w.spec_hash for w in cycle.workloads.values()}}
-        for name, w in cycle.workloads.items():
-            info = self.state.models.setdefault(name, {})
-            o = observed.get(name)
-            perf = info.setdefault("performance", {})
-            if o is not None and o.state == "running" and info.get("specHash") == w.spec_hash:
-                if o.memory_bytes is not None:
-                    perf["memoryBytes"] = o.memory_bytes
-                if o.cpu_percent is not None:
-                    perf["cpuPercent"] = round(o.cpu_percent, 2)
-            info["desiredVersion"] = w.version
-            assignment = cycle.desired.model(name)
-            info["group"] = assignment.group if assignment else ""
-            if name not in cycle.failing and (o is None or o.state != "running"):
-                cycle.failing[name] = f"not running ({o.state if o else 'missing'})"
-        for name in [m for m in self.state.models if m not in cycle.workloads]:
-            self.state.models.pop(name)
-        if cycle.blocked is None and not cycle.failing:
-            self.state.applied_commit = str(cycle.target)
-            self.state.applied_key = cycle.key
-            if cycle.did_work:
-                self._gc(cycle.desired)
-
-    # -- actions -------------------------------------------------------------------------------------------
-    def _execute(self, runtime: Runtime, action: Action, cycle: Cycle) -> None:
-        model = action.model
-        log.info("%s %s: %s", action.kind, model, action.reason)
-        if action.kind == "stop":
-            for o in action.old:
-                runtime.stop(o)
-            cycle.did_work = True
-            return
-        w = action.workload
-        assert w is not None
-        info = self.state.models.setdefault(model, {})
-        if action.kind == "hold":
-            failure = self.state.failed.get(w.spec_hash, {})
-            cycle.failing[model] = f"version {w.version} failed its health check: {failure.get('message', '')}"
-            return
-        if action.kind == "reload":
-            runtime.reload(action.old[0])
-            return
-        cycle.did_work = True
-        if action.kind == "repair":
-            cycle.drift.append(f"{model} {w.version}: {action.reason}; restarted")
-        # A fixed port cannot be held by two versions at once: stop the old first, and start it again
-        # if the new one fails.  Without a fixed port, or on a runtime that gives each workload its own host
-        # port (docker), the new one starts beside the old (no gap, and a failed one leaves the old untouched).
-        stop_first = action.kind in ("repair", "restart") or (
-            action.kind == "replace" and w.port is not None and not runtime.parallel_ports)
-        previous = info.get("workload")
-        if stop_first:
-            for o in action.old:
-                runtime.stop(o)
-        started = time.monotonic()
-        healthy, message = self._start_and_check(runtime, w)
-        if healthy:
-            if not stop_first:
-                for o in action.old:
-                    runtime.stop(o)
-            digest = _digest(info, w)
-            if info.get("specHash") != w.spec_hash or info.get("state") != "running":
-                info["since"] = now_iso()
-            info.update({"version": w.version, "specHash": w.spec_hash, "state": "running", "lastError": None,
-                         "digest": digest, "workload": workload_to_dict(w)})
-            perf = info.setdefault("performance", {})
-            perf["startSeconds"] = round(time.monotonic() - started, 3)
-            perf["pullSeconds"] = (info.get("pulls") or {}).get(w.version, perf.get("pullSeconds"))
-            return
-        # roll back: the old version keeps (or goes back to) running
-        message = self._mask(message)
-        self.state.failed[w.spec_hash] = {"model": model, "version": w.version, "message": message[:2000],
-                                          "key": cycle.key, "since": now_iso()}
-        rolled_back = False
-        if stop_first and previous and action.kind == "replace":
-            old = workload_from_dict(previous)
-            ok, _ = self._start_and_check(runtime, old)
-            rolled_back = ok
-        elif action.old:
-            rolled_back = True
-        info["lastError"] = f"version {w.version}: {message}"[:2000]
-        info["since"] = now_iso()
-        info["state"] = "rolledBack" if rolled_back else "failed"
-        if not rolled_back:
-            info["version"] = w.version
-        cycle.failing[model] = (f"version {w.version} failed its health check"
-                                f"{'; rolled back to ' + str(info.get('version')) if rolled_back else ''}: {message}")
-
-    def _adopt(self, runtime: Runtime, cycle: Cycle) -> None:
-        """A running workload of the desired spec that this agent never saw healthy (it was killed during the
-        health check, or lost its state) must pass the check now, before it counts as the running version and
-        before the version it replaces is stopped.  One that fails is removed: the plan then replaces it
-        again, with rollback."""
-        for o in list(cycle.observed):
-            w = cycle.workloads.get(o.model)
-            info = self.state.models.setdefault(o.model, {})
-            if w is None or o.spec_hash != w.spec_hash or o.state != "running" or o.drifted or (
-                    info.get("specHash") == w.spec_hash):
-                continue
-            cycle.did_work = True
-            if runtime.check_health(w, o).healthy:
-                log.info("adopted %s %s (%s)", o.model, o.version, o.handle[:12])
-                info.update({"version": w.version, "specHash": w.spec_hash, "state": "running", "lastError": None,
-                             "digest": _digest(info, w), "since": now_iso(),
-                             "workload": workload_to_dict(w)})
-            else:
-                runtime.stop(o)
-                cycle.observed.remove(o)
-
-    def _start_and_check(self, runtime: Runtime, w: Workload) -> tuple[bool, str]:
-        try:
-            observed = runtime.start(w)
-            result = runtime.check_health(w, observed)
-        except Stalled as exc:
-            return False, str(exc)
-        if result.healthy:
-            return True, ""
-        tail = ""
-        with contextlib.suppress(ReconcilerError, OSError):
-            tail = runtime.logs(observed, 10)
-        with contextlib.suppress(ReconcilerError):
-            runtime.stop(observed)
-        detail = f"{result.message}" + (f"; last output: {tail.strip()[-800:]}" if tail.strip() else "")
-        return False, detail
+        """Start, check, roll back and stop as planned (executor.py), then record what runs."""
+        self.executor.execute(cycle)
 
     # -- report --------------------------------------------------------------------------------------------
     def report(self, cycle: Cycle) -> None:
@@ -425,10 +285,6 @@ class Reconciler:
         registry = desired.registries.get(alias) if alias else None
         credential = self.credentials.resolve(registry.credentials_ref) if registry else None
         return RegistryClient(registry, credential, deadline_seconds=self.config.pull_timeout)
-
-    def _gc(self, desired: DesiredState) -> None:
-        with contextlib.suppress(ReconcilerError, OSError):
-            self._store_for().gc([(m.name, m.version) for m in desired.models if m.artifact], keep_previous=1)
 
     def _mask(self, text: str) -> str:
         # the secret files are read once per cycle (they may rotate), not once per message
