@@ -1,0 +1,264 @@
+"""``reconciler history --model``: which devices' desired version of a model changed, commit by commit.
+
+The fleet below walks through every kind of change that can move a model on a device (a pin, a group's
+members, a device moved between groups, a model removed from a group, a device file, a model file, fleet.yaml,
+devices added and removed, an invalid device file and an invalid fleet.yaml) on fleet-config/ plus look-alike
+devices that differ only in their name, so that devices resolved alike are told apart where their names
+matter (members lists, a protected model's access list).  The expected events were recorded with the
+plan-per-commit implementation and pin its output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from reconciler.main import main
+from reconciler.views.fleetrepo import open_fleet_repo
+from reconciler.views.history import desired_for_model
+from tests.fleetutil import copy_example, git
+
+T0 = 1_700_000_000
+LOOK_ALIKES = [f"cam-east-{i:02d}" for i in range(1, 7)]
+
+
+def _device(name: str, site: str, extra: str = "") -> str:
+    return (f"apiVersion: fleet/v1\nkind: Device\nmetadata:\n  name: {name}\n  labels: {{site: {site}, arch: amd64, "
+            f"role: camera}}\nspec:\n  groups: []\n{extra}")
+
+
+def _commit(work: Path, message: str, n: int) -> str:
+    when = f"{T0 + n * 60} +0000"
+    env = {**os.environ, "GIT_AUTHOR_NAME": "Alice Ops", "GIT_AUTHOR_EMAIL": "alice@acme.example",
+           "GIT_COMMITTER_NAME": "Alice Ops", "GIT_COMMITTER_EMAIL": "alice@acme.example",
+           "GIT_AUTHOR_DATE": when, "GIT_COMMITTER_DATE": when}
+    subprocess.run(["git", "add", "-A"], cwd=work, check=True)
+    subprocess.run(["git", "commit", "-qm", message], cwd=work, check=True, env=env)
+    return git(work, "rev-parse", "HEAD")
+
+
+def _edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    path.write_text(text.replace(old, new, 1))
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = copy_example(tmp_path_factory.mktemp("history-model") / "fleet")
+    for name in LOOK_ALIKES:
+        (work / "devices" / f"{name}.yaml").write_text(_device(name, "east"))
+    git(work, "init", "-q", "-b", "main")
+    steps = iter(range(1, 100))
+    _commit(work, "initial fleet", next(steps))
+    groups, models, devices = work / "groups", work / "models", work / "devices"
+    _edit(groups / "all.yaml", 'version: "1.0.0"', 'version: "1.1.0"')
+    _commit(work, "pin: all people-counter 1.1.0", next(steps))
+    _edit(groups / "pilot.yaml", "    - lab-01\n", "    - lab-01\n    - cam-north-02\n    - cam-east-03\n")
+    _commit(work, "members: cam-north-02 and cam-east-03 join pilot", next(steps))
+    _edit(groups / "pilot.yaml", "    - lab-01\n", "")
+    _edit(groups / "conservation.yaml", "    - cam-south-01\n", "    - cam-south-01\n    - lab-01\n")
+    _commit(work, "move: lab-01 from pilot to conservation", next(steps))
+    _edit(groups / "pilot.yaml", '    - name: people-counter\n      version: "1.0.0"                   # a downgrade is '
+          'an ordinary pin\n', "")
+    _edit(groups / "pilot.yaml", "      model: shelf-detector\n", "      model: shelf-detector\n")
+    _commit(work, "pilot drops people-counter", next(steps))
+    _edit(devices / "cam-south-01.yaml", "site: south", "site: north")
+    _commit(work, "cam-south-01 moves north", next(steps))
+    _edit(devices / "cam-east-02.yaml", "role: camera", "role: gateway")
+    _commit(work, "cam-east-02 role only", next(steps))
+    (work / "NOTES.md").write_text("unrelated\n")
+    _commit(work, "notes", next(steps))
+    _edit(models / "people-counter.yaml", "port: 8101", "port: 8111")
+    _commit(work, "people-counter 1.0.0 port", next(steps))
+    _edit(groups / "all.yaml", 'version: "1.1.0"', 'version: "1.0.0"')
+    _commit(work, "pin: all people-counter back to 1.0.0", next(steps))
+    _edit(models / "wildlife-id.yaml", "groups: [conservation]", "groups: [conservation]\n    devices: [cam-east-05]")
+    _edit(groups / "all.yaml", "  models:\n", "  models:\n    - name: wildlife-id\n      version: \"1.0.0\"\n")
+    _commit(work, "wildlife-id everywhere (protected: only some may run it)", next(steps))
+    _edit(groups / "all.yaml", '    - name: wildlife-id\n      version: "1.0.0"\n', "")
+    _commit(work, "wildlife-id off all", next(steps))
+    (devices / "cam-east-07.yaml").write_text(_device("cam-east-07", "north"))
+    (devices / "cam-east-01.yaml").unlink()
+    _commit(work, "cam-east-07 added, cam-east-01 retired", next(steps))
+    _edit(devices / "cam-east-04.yaml", "spec:\n", "spec: [\n")
+    _commit(work, "cam-east-04 broken", next(steps))
+    _edit(devices / "cam-east-04.yaml", "spec: [\n", "spec:\n")
+    _edit(devices / "cam-east-04.yaml", "site: east", "site: north")
+    _commit(work, "cam-east-04 fixed and moved north", next(steps))
+    _edit(work / "fleet.yaml", "  defaults:\n", "  defaults: [\n")
+    _commit(work, "fleet.yaml broken", next(steps))
+    _edit(work / "fleet.yaml", "  defaults: [\n", "  defaults:\n")
+    _edit(work / "fleet.yaml", "      memory: 512m", "      memory: 768m")
+    _commit(work, "fleet.yaml fixed, default memory 768m", next(steps))
+    _edit(devices / "gateway-01.yaml", "spec:\n", "spec:\n  groups: [pilot]\n")
+    _commit(work, "gateway-01 declares pilot", next(steps))
+    return work
+
+
+# recorded from the plan-per-commit implementation
+EXPECTED: dict[str, list[tuple[str, list[str]]]] = {"people-counter": [("initial fleet",
+                     ["cam-east-01: + model people-counter 1.0.0 (group all)",
+                      "cam-east-02: + model people-counter 1.0.0 (group all)",
+                      "cam-east-03: + model people-counter 1.0.0 (group all)",
+                      "cam-east-04: + model people-counter 1.0.0 (group all)",
+                      "cam-east-05: + model people-counter 1.0.0 (group all)",
+                      "cam-east-06: + model people-counter 1.0.0 (group all)",
+                      "cam-north-01: + model people-counter 1.0.0 (group pilot)",
+                      "cam-north-02: + model people-counter 1.1.0 (group north-stores)",
+                      "cam-south-01: + model people-counter 1.0.0 (group all)",
+                      "gateway-01: + model people-counter 1.0.0 (group all)",
+                      "lab-01: + model people-counter 1.0.0 (group pilot)"]),
+                    ("pin: all people-counter 1.1.0",
+                     ["cam-east-01: ~ model people-counter 1.0.0 -> 1.1.0 (upgrade, group all)",
+                      "cam-east-02: ~ model people-counter 1.0.0 -> 1.1.0 (upgrade, group all)",
+                      "cam-east-03: ~ model people-counter 1.0.0 -> 1.1.0 (upgrade, group all)",
+                      "cam-east-04: ~ model people-counter 1.0.0 -> 1.1.0 (upgrade, group all)",
+                      "cam-east-05: ~ model people-counter 1.0.0 -> 1.1.0 (upgrade, group all)",
+                      "cam-east-06: ~ model people-counter 1.0.0 -> 1.1.0 (upgrade, group all)",
+                      "cam-south-01: ~ model people-counter 1.0.0 -> 1.1.0 (upgrade, group all)",
+                      "gateway-01: ~ model people-counter 1.0.0 -> 1.1.0 (upgrade, group all)"]),
+                    ("members: cam-north-02 and cam-east-03 join pilot",
+                     ["cam-east-03: ~ model people-counter 1.1.0 -> 1.0.0 (downgrade, group pilot)",
+                      "cam-north-02: ~ model people-counter 1.1.0 -> 1.0.0 (downgrade, group pilot)"]),
+                    ("move: lab-01 from pilot to conservation",
+                     ["lab-01: ~ model people-counter 1.0.0 -> 1.1.0 (upgrade, group all)"]),
+                    ("pilot drops people-counter",
+                     ["cam-east-03: ~ model people-counter 1.0.0 -> 1.1.0 (upgrade, group all)",
+                      "cam-north-01: ~ model people-counter 1.0.0 -> 1.1.0 (upgrade, group north-stores)",
+                      "cam-north-02: ~ model people-counter 1.0.0 -> 1.1.0 (upgrade, group north-stores)"]),
+                    ("cam-south-01 moves north", ["cam-south-01: ~ model people-counter 1.1.0: group changed"]),
+                    ("pin: all people-counter back to 1.0.0",
+                     ["cam-east-01: ~ model people-counter 1.1.0 -> 1.0.0 (downgrade, group all)",
+                      "cam-east-02: ~ model people-counter 1.1.0 -> 1.0.0 (downgrade, group all)",
+                      "cam-east-03: ~ model people-counter 1.1.0 -> 1.0.0 (downgrade, group all)",
+                      "cam-east-04: ~ model people-counter 1.1.0 -> 1.0.0 (downgrade, group all)",
+                      "cam-east-05: ~ model people-counter 1.1.0 -> 1.0.0 (downgrade, group all)",
+                      "cam-east-06: ~ model people-counter 1.1.0 -> 1.0.0 (downgrade, group all)",
+                      "gateway-01: ~ model people-counter 1.1.0 -> 1.0.0 (downgrade, group all)",
+                      "lab-01: ~ model people-counter 1.1.0 -> 1.0.0 (downgrade, group all)"]),
+                    ("wildlife-id off all",
+                     ["cam-east-01: + model people-counter 1.0.0 (group all)",
+                      "cam-east-02: + model people-counter 1.0.0 (group all)",
+                      "cam-east-03: + model people-counter 1.0.0 (group all)",
+                      "cam-east-04: + model people-counter 1.0.0 (group all)",
+                      "cam-east-06: + model people-counter 1.0.0 (group all)",
+                      "cam-north-01: + model people-counter 1.1.0 (group north-stores)",
+                      "cam-north-02: + model people-counter 1.1.0 (group north-stores)",
+                      "gateway-01: + model people-counter 1.0.0 (group all)"]),
+                    ("cam-east-07 added, cam-east-01 retired",
+                     ["cam-east-01: - model people-counter 1.0.0",
+                      "cam-east-07: + model people-counter 1.1.0 (group north-stores)"]),
+                    ("cam-east-04 fixed and moved north",
+                     ["cam-east-04: + model people-counter 1.1.0 (group north-stores)"]),
+                    ("fleet.yaml broken", ["! fleet invalid at this commit: fleet.yaml at <commit> is invalid"]),
+                    ("fleet.yaml fixed, default memory 768m",
+                     ["cam-east-02: ~ model people-counter 1.0.0: artifact, image, registry changed",
+                      "cam-east-03: ~ model people-counter 1.0.0: artifact, image, registry changed",
+                      "cam-east-04: ~ model people-counter 1.1.0: artifact, image, registry changed",
+                      "cam-east-05: ~ model people-counter 1.0.0: artifact, image, registry changed",
+                      "cam-east-06: ~ model people-counter 1.0.0: artifact, image, registry changed",
+                      "cam-east-07: ~ model people-counter 1.1.0: artifact, image, registry changed",
+                      "cam-north-01: ~ model people-counter 1.1.0: artifact, image, registry changed",
+                      "cam-north-02: ~ model people-counter 1.1.0: artifact, image, registry changed",
+                      "cam-south-01: ~ model people-counter 1.1.0: artifact, image, registry changed",
+                      "gateway-01: ~ model people-counter 1.0.0: artifact, image, registry changed",
+                      "lab-01: ~ model people-counter 1.0.0: artifact, image, registry changed"])],
+ "shelf-detector": [("initial fleet",
+                     ["cam-north-01: + model shelf-detector 2.0.0 (group pilot)",
+                      "lab-01: + model shelf-detector 2.0.0 (group pilot)"]),
+                    ("members: cam-north-02 and cam-east-03 join pilot",
+                     ["cam-east-03: + model shelf-detector 2.0.0 (group pilot)",
+                      "cam-north-02: + model shelf-detector 2.0.0 (group pilot)"]),
+                    ("move: lab-01 from pilot to conservation", ["lab-01: - model shelf-detector 2.0.0"]),
+                    ("wildlife-id off all",
+                     ["cam-east-03: + model shelf-detector 2.0.0 (group pilot)",
+                      "cam-north-01: + model shelf-detector 2.0.0 (group pilot)",
+                      "cam-north-02: + model shelf-detector 2.0.0 (group pilot)"]),
+                    ("fleet.yaml broken", ["! fleet invalid at this commit: fleet.yaml at <commit> is invalid"]),
+                    ("fleet.yaml fixed, default memory 768m",
+                     ["cam-east-03: ~ model shelf-detector 2.0.0: artifact, image, registry changed",
+                      "cam-north-01: ~ model shelf-detector 2.0.0: artifact, image, registry changed",
+                      "cam-north-02: ~ model shelf-detector 2.0.0: artifact, image, registry changed"]),
+                    ("gateway-01 declares pilot", ["gateway-01: + model shelf-detector 2.0.0 (group pilot)"])],
+ "since": [("pin: all people-counter back to 1.0.0",
+            ["cam-east-01: ~ model people-counter 1.1.0 -> 1.0.0 (downgrade, group all)",
+             "cam-east-02: ~ model people-counter 1.1.0 -> 1.0.0 (downgrade, group all)",
+             "cam-east-03: ~ model people-counter 1.1.0 -> 1.0.0 (downgrade, group all)",
+             "cam-east-04: ~ model people-counter 1.1.0 -> 1.0.0 (downgrade, group all)",
+             "cam-east-05: ~ model people-counter 1.1.0 -> 1.0.0 (downgrade, group all)",
+             "cam-east-06: ~ model people-counter 1.1.0 -> 1.0.0 (downgrade, group all)",
+             "gateway-01: ~ model people-counter 1.1.0 -> 1.0.0 (downgrade, group all)",
+             "lab-01: ~ model people-counter 1.1.0 -> 1.0.0 (downgrade, group all)"]),
+           ("wildlife-id off all",
+            ["cam-east-01: + model people-counter 1.0.0 (group all)",
+             "cam-east-02: + model people-counter 1.0.0 (group all)",
+             "cam-east-03: + model people-counter 1.0.0 (group all)",
+             "cam-east-04: + model people-counter 1.0.0 (group all)",
+             "cam-east-06: + model people-counter 1.0.0 (group all)",
+             "cam-north-01: + model people-counter 1.1.0 (group north-stores)",
+             "cam-north-02: + model people-counter 1.1.0 (group north-stores)",
+             "gateway-01: + model people-counter 1.0.0 (group all)"]),
+           ("cam-east-07 added, cam-east-01 retired",
+            ["cam-east-01: - model people-counter 1.0.0",
+             "cam-east-07: + model people-counter 1.1.0 (group north-stores)"]),
+           ("cam-east-04 fixed and moved north",
+            ["cam-east-04: + model people-counter 1.1.0 (group north-stores)"]),
+           ("fleet.yaml broken", ["! fleet invalid at this commit: fleet.yaml at <commit> is invalid"]),
+           ("fleet.yaml fixed, default memory 768m",
+            ["cam-east-02: ~ model people-counter 1.0.0: artifact, image, registry changed",
+             "cam-east-03: ~ model people-counter 1.0.0: artifact, image, registry changed",
+             "cam-east-04: ~ model people-counter 1.1.0: artifact, image, registry changed",
+             "cam-east-05: ~ model people-counter 1.0.0: artifact, image, registry changed",
+             "cam-east-06: ~ model people-counter 1.0.0: artifact, image, registry changed",
+             "cam-east-07: ~ model people-counter 1.1.0: artifact, image, registry changed",
+             "cam-north-01: ~ model people-counter 1.1.0: artifact, image, registry changed",
+             "cam-north-02: ~ model people-counter 1.1.0: artifact, image, registry changed",
+             "cam-south-01: ~ model people-counter 1.1.0: artifact, image, registry changed",
+             "gateway-01: ~ model people-counter 1.0.0: artifact, image, registry changed",
+             "lab-01: ~ model people-counter 1.0.0: artifact, image, registry changed"])],
+ "wildlife-id": [("initial fleet", ["cam-south-01: + model wildlife-id 1.1.0 (group conservation)"]),
+                 ("move: lab-01 from pilot to conservation",
+                  ["lab-01: + model wildlife-id 1.1.0 (group conservation)"]),
+                 ("wildlife-id everywhere (protected: only some may run it)",
+                  ["cam-east-05: + model wildlife-id 1.0.0 (group all)"]),
+                 ("wildlife-id off all", ["cam-east-05: - model wildlife-id 1.0.0"]),
+                 ("fleet.yaml broken", ["! fleet invalid at this commit: fleet.yaml at <commit> is invalid"]),
+                 ("fleet.yaml fixed, default memory 768m",
+                  ["cam-south-01: ~ model wildlife-id 1.1.0: artifact, registry changed",
+                   "lab-01: ~ model wildlife-id 1.1.0: artifact, registry changed"])]}
+
+
+def _events(work: Path, model: str, since: datetime | None = None) -> list[tuple[str, list[str]]]:
+    fleet = open_fleet_repo(str(work))
+    return [(e.message, [re.sub(r"\b[0-9a-f]{40}\b", "<commit>", line) for line in e.lines])
+            for e in desired_for_model(fleet, model, since)]
+
+
+@pytest.mark.parametrize("model", ["people-counter", "wildlife-id", "shelf-detector"])
+def test_model_history_events_are_pinned(work: Path, model: str) -> None:
+    assert _events(work, model) == EXPECTED[model]
+
+
+def test_model_history_since_starts_from_the_state_before_the_window(work: Path) -> None:
+    # the window's first commit is compared with its parent, not treated as the fleet's beginning
+    assert _events(work, "people-counter", datetime.fromtimestamp(T0 + 9 * 60, UTC)) == EXPECTED["since"]
+
+
+def test_model_history_cli_json_and_text(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["history", "--model", "people-counter", "--repo", str(work), "--format", "json"]) == 0
+    events = json.loads(capsys.readouterr().out)["events"]
+    assert [(e["message"], e["changes"]) for e in events if e["kind"] == "desired"] == [
+        (m, [line.replace("<commit>", events[-2]["commit"]) for line in lines]) for m, lines in EXPECTED["people-counter"]]
+    assert main(["history", "--model", "people-counter", "--repo", str(work)]) == 0
+    text = capsys.readouterr().out.splitlines()
+    assert text[1].endswith("  desired   " + events[0]["commit"][:12] + "  Alice Ops <alice@acme.example>: initial fleet")
+    assert text[2:4] == ["    cam-east-01: + model people-counter 1.0.0 (group all)",
+                         "    cam-east-02: + model people-counter 1.0.0 (group all)"]
+    assert sum(1 for line in text if "  desired   " in line) == len(EXPECTED["people-counter"])
