@@ -19,13 +19,14 @@ from typing import Any
 import pygit2
 
 from reconciler.errors import InvalidConfig, NotFound
-from reconciler.fleet.change import compare, plan
+from reconciler.fleet.change import compare
 from reconciler.fleet.resolve import Resolver
 from reconciler.fleet.source import GitSource
 from reconciler.fleet.view import FLEET_FILE, FleetView, ParseCache
 from reconciler.model import DesiredState
 from reconciler.views import snapshot
 from reconciler.views.fleetrepo import FleetRepo
+from reconciler.views.fleetstates import FleetStates
 from reconciler.views.snapshot import ModelSnapshot, Snapshot
 
 DESIRED = "desired"
@@ -210,20 +211,20 @@ def desired_for_model(fleet: FleetRepo, model: str, since: datetime | None = Non
     paths = _prefixed(fleet, FLEET_FILE, "groups", f"models/{model}.yaml", f"models/{model}.yml", "devices")
     mentions = re.compile(rf"^[+~-] model {re.escape(model)}[ :]")
     index = _TreeIndex(repo)
+    states = FleetStates(repo, fleet.subdir)
     for commit in _first_parent_chain(repo, fleet.main_tip(), since):
         if commit.parent_ids:
             parent = commit.parents[0]
             if index.key(commit, paths) == index.key(parent, paths):
                 continue
             try:
-                result = plan(repo, str(parent.id), str(commit.id), fleet.subdir)
+                per_device = states.changes(parent, commit)
             except InvalidConfig as exc:
                 yield Event(_time(commit.commit_time), DESIRED, str(commit.id), _author(commit), _first_line(commit),
                             (f"! fleet invalid at this commit: {exc.summary}",))
                 continue
             except NotFound:
                 continue
-            per_device = [(d.device, d.lines) for d in result.devices if d.status != "invalid"]
         else:
             per_device = _initial_users(fleet, commit)
         lines = tuple(f"{dev}: {line}" for dev, dev_lines in per_device for line in dev_lines if mentions.match(line))

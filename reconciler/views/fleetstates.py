@@ -1,0 +1,205 @@
+"""The desired state of every device along a branch's history, each resolved once per class of devices that
+resolve alike: what ``plan`` says between two commits, without resolving ten thousand devices twice per commit.
+
+Resolving a device reads the fleet-wide documents (fleet.yaml, groups/, models/), the groups it belongs to, its
+own file's labels and spec, and its name only where a model's access list names devices.  Devices equal in all
+of those get equal desired states (up to the name, which ``compare`` does not print), so one of them is
+resolved and the others share its result; across commits the result is reused as long as those inputs keep
+their git ids.  Membership is memoized under the groups' members and selectors (not their pins), so a pin
+change does not redo ten thousand membership tests.  It relies on the resolver's own rule that a group whose
+bytes name neither a device nor its label values cannot hold it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Hashable
+from typing import Any, cast
+
+import pygit2
+
+from reconciler.errors import InvalidConfig
+from reconciler.fleet.change import compare
+from reconciler.fleet.document import Document
+from reconciler.fleet.resolve import Resolver
+from reconciler.fleet.source import YAML_SUFFIXES, GitSource
+from reconciler.fleet.view import FLEET_FILE, FleetView, ParseCache
+from reconciler.model import DesiredState
+
+ABSENT = -1  # no device file at this commit
+# a letter, then letters and digits in runs joined by '-': never a number, date, bool or null to YAML
+_PLAIN_NAME = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)+")
+# (fleet.yaml, groups/ and models/ ids): what every device's resolution reads besides its own file
+Shared = tuple[str | None, str | None, str | None]
+
+
+def _frozen(value: Any) -> Hashable:
+    """A hashable copy of parsed YAML that keeps types apart (1, 1.0 and true are different settings)."""
+    if isinstance(value, dict):
+        return ("map", tuple((k, _frozen(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return ("seq", tuple(_frozen(v) for v in value))
+    return (type(value).__name__, value)
+
+
+class _Commit:
+    """One commit's view and resolver, plus what is computed once per commit."""
+
+    def __init__(self, repo: pygit2.Repository, commit: pygit2.Commit, subdir: str, cache: ParseCache) -> None:
+        self.source = GitSource(repo, commit.id, subdir)
+        self.view = FleetView(self.source, cache)
+        self.resolver = Resolver(self.view)
+        self.shared: Shared = (self.source.key(FLEET_FILE), self.source.tree_id("groups"),
+                               self.source.tree_id("models"))
+        self._membership: int | None = None
+        self._access: frozenset[str] | None = None
+
+    def fleet_problems(self, head: str) -> None:
+        problems = [p for p in self.view.problems() if p.file == FLEET_FILE]
+        if problems:
+            raise InvalidConfig(f"{FLEET_FILE} at {head} is invalid", problems)
+
+    def blob(self, device: str) -> str | None:
+        return self.source.key(f"devices/{device}.yaml") or self.source.key(f"devices/{device}.yml")
+
+    def membership(self, ids: dict[Hashable, int]) -> int:
+        """What decides which groups hold a device: every group's members and selector (numbered in ``ids``)."""
+        if self._membership is None:
+            key = tuple((name, _frozen(doc.spec.get("members")), _frozen(doc.spec.get("selector")))
+                        for name, doc in sorted(self.view.groups().items()))
+            self._membership = ids.setdefault(key, len(ids))
+        return self._membership
+
+    def access(self) -> frozenset[str]:
+        """Devices named by a model's access list: their name changes what they may run."""
+        if self._access is None:
+            names: set[str] = set()
+            for model in self.view.model_names():
+                doc = self.view.model(model)
+                access = doc.spec.get("access") if doc is not None else None
+                if isinstance(access, dict):
+                    names.update(str(d) for d in access.get("devices") or [])
+            self._access = frozenset(names)
+        return self._access
+
+
+class FleetStates:
+    """Desired states of many devices at many commits of one repository."""
+
+    def __init__(self, repo: pygit2.Repository, subdir: str = "") -> None:
+        self.repo = repo
+        self.subdir = subdir.strip("/")
+        self.cache = ParseCache()
+        self.states: list[DesiredState | None] = []  # by result id; None: the device cannot be resolved
+        self._results: dict[tuple[Shared, int, str | None], int] = {}
+        self._profiles: dict[tuple[int, str, str], int] = {}  # (membership, device, blob) -> profile id
+        self._memberships: dict[Hashable, int] = {}
+        self._profile_ids: dict[Hashable, int] = {}
+        self._by_device: dict[tuple[Shared, str, str], int] = {}
+        self._lines: dict[tuple[int, int], tuple[str, ...]] = {}
+        self._commits: dict[pygit2.Oid, _Commit] = {}
+        self._names: dict[str | None, frozenset[str]] = {}
+        self._shapes: dict[bytes, Document] = {}  # device file bytes with its name cut out -> a parse of it
+
+    def _at(self, commit: pygit2.Commit) -> _Commit:
+        if commit.id not in self._commits:
+            if len(self._commits) >= 2:  # the walk needs a commit and its parent at most
+                self._commits.pop(next(iter(self._commits)))
+            self._commits[commit.id] = _Commit(self.repo, commit, self.subdir, self.cache)
+        return self._commits[commit.id]
+
+    def _device_names(self, at: _Commit) -> frozenset[str]:
+        tree_id = at.source.tree_id("devices")
+        if tree_id not in self._names:
+            if len(self._names) >= 4:
+                self._names.pop(next(iter(self._names)))
+            self._names[tree_id] = frozenset(at.view.device_names())
+        return self._names[tree_id]
+
+    def _result(self, at: _Commit, device: str) -> int:
+        blob = at.blob(device)
+        if blob is None:
+            return ABSENT
+        key = (at.shared, device, blob)
+        found = self._by_device.get(key)
+        if found is None:
+            found = self._by_device[key] = self._resolve(at, device, blob)
+        return found
+
+    def _resolve(self, at: _Commit, device: str, blob: str) -> int:
+        pkey = (at.membership(self._memberships), device, blob)
+        profile = self._profiles.get(pkey)
+        if profile is None:
+            doc = self._doc(at, device, blob)
+            content: Hashable = None  # a file that does not load resolves to nothing
+            if doc is not None:
+                content = (tuple(at.resolver.groups_of(device, doc)), _frozen(doc.labels), _frozen(doc.spec))
+            profile = self._profiles[pkey] = self._profile_ids.setdefault(content, len(self._profile_ids))
+        rkey = (at.shared, profile, device if device in at.access() else None)
+        result = self._results.get(rkey)
+        if result is None:
+            result = self._results[rkey] = len(self.states)
+            self.states.append(at.resolver.resolve_one(device))
+        return result
+
+    def _doc(self, at: _Commit, device: str, blob: str) -> Document | None:
+        """The device's parsed file.  A file equal to one parsed before but for the device's name (in
+        metadata.name, and nowhere else) shares that parse: resolving reads its labels and spec, not the name.
+        Only names that YAML reads as plain strings whatever they hold qualify."""
+        name = device.encode()
+        if len(device) > 63 or not _PLAIN_NAME.fullmatch(device):
+            return at.view.device(device)
+        raw: bytes = cast(pygit2.Blob, self.repo[blob]).data
+        if raw.count(name) != 1:
+            return at.view.device(device)
+        shape = raw.replace(name, b"\0")
+        doc = self._shapes.get(shape)
+        if doc is None:
+            doc = at.view.device(device)
+            if doc is not None and doc.name == device:
+                self._shapes[shape] = doc
+        return doc
+
+    def _change_lines(self, device: str, before: int, after: int) -> tuple[str, ...]:
+        key = (before, after)
+        if key not in self._lines:
+            old = self.states[before] if before != ABSENT else None
+            new = self.states[after] if after != ABSENT else None
+            change = compare(device, old, new)
+            self._lines[key] = change.lines if change is not None else ()
+        return self._lines[key]
+
+    def changes(self, base: pygit2.Commit, head: pygit2.Commit) -> list[tuple[str, tuple[str, ...]]]:
+        """Each device whose desired state ``head`` changes, with ``plan``'s lines for it, by device name.
+        Devices that cannot be resolved at ``head`` are left out (``plan`` lists them as invalid).  Raises
+        InvalidConfig when fleet.yaml at ``head`` is invalid, NotFound when the fleet's directory is missing."""
+        old, new = self._at(base), self._at(head)
+        new.fleet_problems(str(head.id))
+        devices = self._reached(base, head, old, new)
+        out = []
+        for device in sorted(devices):
+            after = self._result(new, device)
+            if after != ABSENT and self.states[after] is None:
+                continue
+            lines = self._change_lines(device, self._result(old, device), after)
+            if lines:
+                out.append((device, lines))
+        return out
+
+    def _reached(self, base: pygit2.Commit, head: pygit2.Commit, old: _Commit, new: _Commit) -> set[str]:
+        """Devices the changed paths can reach: every device when a fleet-wide file changed (the others keep
+        their results, so resolving them is a lookup), else the devices whose own files changed."""
+        prefix = f"{self.subdir}/" if self.subdir else ""
+        devices: set[str] = set()
+        for delta in base.tree.diff_to_tree(head.tree).deltas:
+            for path in (delta.old_file.path, delta.new_file.path):
+                if not path.startswith(prefix):
+                    continue
+                top, _, rest = path[len(prefix):].partition("/")
+                if top == FLEET_FILE or (top in ("groups", "models") and rest):
+                    return set(self._device_names(old) | self._device_names(new))
+                name = rest.rsplit(".", 1)[0]
+                # what the devices/ listing counts as a device: a .yaml/.yml file right in it, not hidden
+                if top == "devices" and rest.endswith(YAML_SUFFIXES) and "/" not in name and not name.startswith("."):
+                    devices.add(name)
+        return devices
