@@ -10,6 +10,7 @@ plan-per-commit implementation and pin its output.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -17,10 +18,17 @@ import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pygit2
 import pytest
 
+from reconciler.errors import InvalidConfig
+from reconciler.fleet.change import compare, plan
+from reconciler.fleet.resolve import Resolver
+from reconciler.fleet.source import GitSource
+from reconciler.fleet.view import FleetView
 from reconciler.main import main
 from reconciler.views.fleetrepo import open_fleet_repo
+from reconciler.views.fleetstates import FleetStates
 from reconciler.views.history import desired_for_model
 from tests.fleetutil import copy_example, git
 
@@ -262,3 +270,92 @@ def test_model_history_cli_json_and_text(work: Path, capsys: pytest.CaptureFixtu
     assert text[2:4] == ["    cam-east-01: + model people-counter 1.0.0 (group all)",
                          "    cam-east-02: + model people-counter 1.0.0 (group all)"]
     assert sum(1 for line in text if "  desired   " in line) == len(EXPECTED["people-counter"])
+
+
+def _plan_lines(repo: pygit2.Repository, base: pygit2.Commit, head: pygit2.Commit) -> object:
+    try:
+        result = plan(repo, str(base.id), str(head.id))
+    except InvalidConfig as exc:
+        return ("invalid", exc.summary)
+    return [(d.device, d.lines) for d in result.devices if d.status != "invalid"]
+
+
+def _states_lines(states: FleetStates, base: pygit2.Commit, head: pygit2.Commit) -> object:
+    try:
+        return states.changes(base, head)
+    except InvalidConfig as exc:
+        return ("invalid", exc.summary)
+
+
+def _first_lines(repo: pygit2.Repository, commit: pygit2.Commit) -> list[tuple[str, tuple[str, ...]]]:
+    view = FleetView(GitSource(repo, commit.id))
+    resolver = Resolver(view, all_groups=True)
+    changes = [compare(d, None, resolver.resolve_one(d)) for d in view.device_names()]
+    return [(c.device, c.lines) for c in changes if c is not None]
+
+
+def _assert_like_plan(work: Path) -> int:
+    """Every commit's device lines (all of them, not only one model's) equal ``plan``'s; the root commit's
+    equal a full resolve's.  Returns how many device lines were compared."""
+    repo = pygit2.Repository(str(work))
+    chain = [repo[repo.head.target]]
+    while chain[-1].parent_ids:
+        chain.append(chain[-1].parents[0])
+    chain.reverse()
+    states = FleetStates(repo)
+    assert states.initial(chain[0]) == _first_lines(repo, chain[0])
+    compared = 0
+    for base, head in itertools.pairwise(chain):
+        expected = _plan_lines(repo, base, head)
+        assert _states_lines(states, base, head) == expected, head.message
+        compared += len(expected) if isinstance(expected, list) else 0
+    return compared
+
+
+def test_every_commit_changes_what_plan_says(work: Path) -> None:
+    assert _assert_like_plan(work) > 40
+
+
+def test_names_that_cannot_share_a_parse(tmp_path: Path) -> None:
+    """Device files that differ from a look-alike in more than metadata.name, or whose names YAML could read
+    as something else, are parsed on their own; odd files in devices/ are not devices."""
+    work = copy_example(tmp_path / "fleet")
+    devices, groups = work / "devices", work / "groups"
+    (devices / "cam-east-01.yaml").write_text(_device("cam-east-01", "east"))
+    (devices / "gw1.yaml").write_text(_device("gw1", "east"))  # no '-': not a shareable name
+    (devices / "1234.yaml").write_text(_device("1234", "east"))  # a number to YAML: an invalid name
+    for name in ("cam-east-10", "cam-east-20"):  # each name twice: in metadata.name and as a label value
+        (devices / f"{name}.yaml").write_text(_device(name, name))
+    for name in ("cam-east-30", "cam-east-31"):  # each name once, but not as metadata.name
+        (devices / f"{name}.yaml").write_text(_device("misnamed", name))
+    (groups / "misnamed.yaml").write_text(
+        "apiVersion: fleet/v1\nkind: Group\nmetadata: {name: misnamed}\nspec:\n  priority: 30\n"
+        "  selector: {matchLabels: {site: cam-east-30}}\n  models: [{name: shelf-detector, version: \"2.0.0\"}]\n")
+    (devices / "cam-east-11.yml").write_text(_device("cam-east-11", "east"))
+    (devices / ".cam-east-12.yaml").write_text(_device("cam-east-12", "east"))
+    (devices / "old").mkdir()
+    (devices / "old" / "cam-east-13.yaml").write_text(_device("cam-east-13", "east"))
+    (devices / "cam-east-14.yaml").write_text(_device("cam-east-14", "east").replace("name: cam-east-14",
+                                                                                      "name: cam-east-99"))
+    git(work, "init", "-q", "-b", "main")
+    _commit(work, "initial fleet", 1)
+    _edit(groups / "north-stores.yaml", "      site: north", "      site: cam-east-10")
+    _commit(work, "north-stores selects site cam-east-10", 2)
+    for n, name in enumerate(["gw1.yaml", "cam-east-11.yml", ".cam-east-12.yaml", "old/cam-east-13.yaml",
+                              "cam-east-14.yaml"]):
+        _edit(devices / name, "site: east", "site: cam-east-10")
+        _commit(work, f"{name} moves to site cam-east-10", 3 + n)
+    _edit(groups / "all.yaml", 'version: "1.0.0"', 'version: "1.1.0"')
+    _commit(work, "pin: all people-counter 1.1.0", 10)
+    assert _assert_like_plan(work) >= 10
+    events = dict(_events(work, "people-counter"))
+    assert events["north-stores selects site cam-east-10"] == [
+        "cam-east-10: ~ model people-counter 1.0.0 -> 1.1.0 (upgrade, group north-stores)",
+        "cam-north-02: ~ model people-counter 1.1.0 -> 1.0.0 (downgrade, group all)"]
+    assert events["cam-east-11.yml moves to site cam-east-10"] == [
+        "cam-east-11: ~ model people-counter 1.0.0 -> 1.1.0 (upgrade, group north-stores)"]
+    assert "cam-east-12.yaml moves to site cam-east-10" not in events
+    shelf = dict(_events(work, "shelf-detector"))["initial fleet"]
+    assert [line for line in shelf if line.startswith("cam-east-3")] == [
+        "cam-east-30: + model shelf-detector 2.0.0 (group misnamed)"]
+    assert "old/cam-east-13.yaml moves to site cam-east-10" not in events

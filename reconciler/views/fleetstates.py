@@ -13,12 +13,12 @@ bytes name neither a device nor its label values cannot hold it.
 from __future__ import annotations
 
 import re
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any, cast
 
 import pygit2
 
-from reconciler.errors import InvalidConfig
+from reconciler.errors import InvalidConfig, NotFound
 from reconciler.fleet.change import compare
 from reconciler.fleet.document import Document
 from reconciler.fleet.resolve import Resolver
@@ -98,7 +98,7 @@ class FleetStates:
         self._by_device: dict[tuple[Shared, str, str], int] = {}
         self._lines: dict[tuple[int, int], tuple[str, ...]] = {}
         self._commits: dict[pygit2.Oid, _Commit] = {}
-        self._names: dict[str | None, frozenset[str]] = {}
+        self._blob_maps: dict[str | None, dict[str, str]] = {}
         self._shapes: dict[bytes, Document] = {}  # device file bytes with its name cut out -> a parse of it
 
     def _at(self, commit: pygit2.Commit) -> _Commit:
@@ -108,16 +108,28 @@ class FleetStates:
             self._commits[commit.id] = _Commit(self.repo, commit, self.subdir, self.cache)
         return self._commits[commit.id]
 
-    def _device_names(self, at: _Commit) -> frozenset[str]:
+    def _blobs(self, at: _Commit) -> dict[str, str]:
+        """Every device at ``at`` and the id of its file, in one pass over devices/ (the names ``view.device_names``
+        lists, with the file ``view.device`` reads: .yaml before .yml)."""
         tree_id = at.source.tree_id("devices")
-        if tree_id not in self._names:
-            if len(self._names) >= 4:
-                self._names.pop(next(iter(self._names)))
-            self._names[tree_id] = frozenset(at.view.device_names())
-        return self._names[tree_id]
+        if tree_id not in self._blob_maps:
+            if len(self._blob_maps) >= 4:
+                self._blob_maps.pop(next(iter(self._blob_maps)))
+            blobs: dict[str, str] = {}
+            tree = cast(pygit2.Tree, self.repo[tree_id]) if tree_id is not None else ()
+            for entry in tree:
+                name = str(entry.name)
+                if entry.type_str != "blob" or name.startswith(".") or not name.endswith(YAML_SUFFIXES):
+                    continue
+                device = name.rsplit(".", 1)[0]
+                if name.endswith(".yaml"):
+                    blobs[device] = str(entry.id)
+                else:
+                    blobs.setdefault(device, str(entry.id))
+            self._blob_maps[tree_id] = blobs
+        return self._blob_maps[tree_id]
 
-    def _result(self, at: _Commit, device: str) -> int:
-        blob = at.blob(device)
+    def _result(self, at: _Commit, device: str, blob: str | None) -> int:
         if blob is None:
             return ABSENT
         key = (at.shared, device, blob)
@@ -175,20 +187,42 @@ class FleetStates:
         InvalidConfig when fleet.yaml at ``head`` is invalid, NotFound when the fleet's directory is missing."""
         old, new = self._at(base), self._at(head)
         new.fleet_problems(str(head.id))
-        devices = self._reached(base, head, old, new)
+        reached = self._reached(base, head)
+        old_blob: Callable[[str], str | None]
+        new_blob: Callable[[str], str | None]
+        if reached is None:
+            old_blobs, new_blobs = self._blobs(old), self._blobs(new)
+            devices = old_blobs.keys() | new_blobs.keys()
+            old_blob, new_blob = old_blobs.get, new_blobs.get
+        else:
+            devices, old_blob, new_blob = reached, old.blob, new.blob
         out = []
         for device in sorted(devices):
-            after = self._result(new, device)
+            after = self._result(new, device, new_blob(device))
             if after != ABSENT and self.states[after] is None:
                 continue
-            lines = self._change_lines(device, self._result(old, device), after)
+            lines = self._change_lines(device, self._result(old, device, old_blob(device)), after)
             if lines:
                 out.append((device, lines))
         return out
 
-    def _reached(self, base: pygit2.Commit, head: pygit2.Commit, old: _Commit, new: _Commit) -> set[str]:
-        """Devices the changed paths can reach: every device when a fleet-wide file changed (the others keep
-        their results, so resolving them is a lookup), else the devices whose own files changed."""
+    def initial(self, commit: pygit2.Commit) -> list[tuple[str, tuple[str, ...]]]:
+        """At a root commit every device is new: each that resolves, with ``plan``'s lines for a new device."""
+        try:
+            at = self._at(commit)
+        except NotFound:
+            return []
+        out = []
+        for device, blob in sorted(self._blobs(at).items()):
+            lines = self._change_lines(device, ABSENT, self._result(at, device, blob))
+            if lines:
+                out.append((device, lines))
+        return out
+
+    def _reached(self, base: pygit2.Commit, head: pygit2.Commit) -> set[str] | None:
+        """Devices the changed paths can reach: None (every device) when a fleet-wide file changed, else the
+        devices whose own files changed.  Every device costs little: those the change does not reach keep
+        their results from before, so resolving them is a lookup."""
         prefix = f"{self.subdir}/" if self.subdir else ""
         devices: set[str] = set()
         for delta in base.tree.diff_to_tree(head.tree).deltas:
@@ -197,7 +231,7 @@ class FleetStates:
                     continue
                 top, _, rest = path[len(prefix):].partition("/")
                 if top == FLEET_FILE or (top in ("groups", "models") and rest):
-                    return set(self._device_names(old) | self._device_names(new))
+                    return None
                 name = rest.rsplit(".", 1)[0]
                 # what the devices/ listing counts as a device: a .yaml/.yml file right in it, not hidden
                 if top == "devices" and rest.endswith(YAML_SUFFIXES) and "/" not in name and not name.startswith("."):

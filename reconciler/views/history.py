@@ -226,25 +226,10 @@ def desired_for_model(fleet: FleetRepo, model: str, since: datetime | None = Non
             except NotFound:
                 continue
         else:
-            per_device = _initial_users(fleet, commit)
+            per_device = states.initial(commit)
         lines = tuple(f"{dev}: {line}" for dev, dev_lines in per_device for line in dev_lines if mentions.match(line))
         if lines:
             yield Event(_time(commit.commit_time), DESIRED, str(commit.id), _author(commit), _first_line(commit), lines)
-
-
-def _initial_users(fleet: FleetRepo, commit: pygit2.Commit) -> list[tuple[str, tuple[str, ...]]]:
-    """At the first commit every device is new: its lines as ``plan`` would print them."""
-    try:
-        view = FleetView(GitSource(fleet.repo, commit.id, fleet.subdir))
-    except NotFound:
-        return []
-    resolver = Resolver(view, all_groups=True)
-    out = []
-    for device in view.device_names():
-        change = compare(device, None, resolver.resolve_one(device))
-        if change is not None:
-            out.append((device, change.lines))
-    return out
 
 
 # -- observed --------------------------------------------------------------------------------------------------
