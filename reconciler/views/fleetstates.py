@@ -95,7 +95,8 @@ class FleetStates:
         self._profiles: dict[tuple[int, str, str], int] = {}  # (membership, device, blob) -> profile id
         self._memberships: dict[Hashable, int] = {}
         self._profile_ids: dict[Hashable, int] = {}
-        self._by_device: dict[tuple[Shared, str, str], int] = {}
+        # (device, blob) -> result, under the fleet-wide ids; a walk comes back only to the last few of those
+        self._by_device: dict[Shared, dict[tuple[str, str], int]] = {}
         self._lines: dict[tuple[int, int], tuple[str, ...]] = {}
         self._commits: dict[pygit2.Oid, _Commit] = {}
         self._blob_maps: dict[str | None, dict[str, str]] = {}
@@ -132,10 +133,14 @@ class FleetStates:
     def _result(self, at: _Commit, device: str, blob: str | None) -> int:
         if blob is None:
             return ABSENT
-        key = (at.shared, device, blob)
-        found = self._by_device.get(key)
+        known = self._by_device.get(at.shared)
+        if known is None:
+            if len(self._by_device) >= 3:
+                self._by_device.pop(next(iter(self._by_device)))
+            known = self._by_device[at.shared] = {}
+        found = known.get((device, blob))
         if found is None:
-            found = self._by_device[key] = self._resolve(at, device, blob)
+            found = known[(device, blob)] = self._resolve(at, device, blob)
         return found
 
     def _resolve(self, at: _Commit, device: str, blob: str) -> int:

@@ -4,7 +4,8 @@ what it actually ran, as one timeline.
 Desired changes come from the fleet branch's first-parent chain (each commit as it landed on main, a merge
 counted as the change it brought).  A commit can change what a device runs only if it touched fleet.yaml,
 groups/, models/ or that device's file, so the others are skipped by comparing tree entry ids, and each
-distinct set of those entries is resolved once.  Observed changes come from the status branch chains: a
+distinct set of those entries is resolved once; a model's history resolves each class of devices that resolve
+alike once (``fleetstates``), not every device at every commit.  Observed changes come from the status branch chains: a
 status commit counts when the phase, the applied fleet commit or a model's version, state or digest changed.
 """
 
