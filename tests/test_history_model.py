@@ -57,56 +57,55 @@ def _edit(path: Path, old: str, new: str) -> None:
     path.write_text(text.replace(old, new, 1))
 
 
+PILOT_PIN = '    - name: people-counter\n      version: "1.0.0"                   # a downgrade is an ordinary pin\n'
+WILDLIFE_PIN = '    - name: wildlife-id\n      version: "1.0.0"\n'
+# (commit message, [(file, text to replace, replacement)]); no text to replace: write the file; no replacement:
+# delete it
+STEPS: list[tuple[str, list[tuple[str, str | None, str | None]]]] = [
+    ("pin: all people-counter 1.1.0", [("groups/all.yaml", 'version: "1.0.0"', 'version: "1.1.0"')]),
+    ("members: cam-north-02 and cam-east-03 join pilot",
+     [("groups/pilot.yaml", "    - lab-01\n", "    - lab-01\n    - cam-north-02\n    - cam-east-03\n")]),
+    ("move: lab-01 from pilot to conservation",
+     [("groups/pilot.yaml", "    - lab-01\n", ""),
+      ("groups/conservation.yaml", "    - cam-south-01\n", "    - cam-south-01\n    - lab-01\n")]),
+    ("pilot drops people-counter", [("groups/pilot.yaml", PILOT_PIN, "")]),
+    ("cam-south-01 moves north", [("devices/cam-south-01.yaml", "site: south", "site: north")]),
+    ("cam-east-02 role only", [("devices/cam-east-02.yaml", "role: camera", "role: gateway")]),
+    ("notes", [("NOTES.md", None, "unrelated\n")]),
+    ("people-counter 1.0.0 port", [("models/people-counter.yaml", "port: 8101", "port: 8111")]),
+    ("pin: all people-counter back to 1.0.0", [("groups/all.yaml", 'version: "1.1.0"', 'version: "1.0.0"')]),
+    ("wildlife-id everywhere (protected: only some may run it)",
+     [("models/wildlife-id.yaml", "groups: [conservation]", "groups: [conservation]\n    devices: [cam-east-05]"),
+      ("groups/all.yaml", "  models:\n", "  models:\n" + WILDLIFE_PIN)]),
+    ("wildlife-id off all", [("groups/all.yaml", WILDLIFE_PIN, "")]),
+    ("cam-east-07 added, cam-east-01 retired",
+     [("devices/cam-east-07.yaml", None, _device("cam-east-07", "north")), ("devices/cam-east-01.yaml", "", None)]),
+    ("cam-east-04 broken", [("devices/cam-east-04.yaml", "spec:\n", "spec: [\n")]),
+    ("cam-east-04 fixed and moved north",
+     [("devices/cam-east-04.yaml", "spec: [\n", "spec:\n"), ("devices/cam-east-04.yaml", "site: east", "site: north")]),
+    ("fleet.yaml broken", [("fleet.yaml", "  defaults:\n", "  defaults: [\n")]),
+    ("fleet.yaml fixed, default memory 768m",
+     [("fleet.yaml", "  defaults: [\n", "  defaults:\n"), ("fleet.yaml", "      memory: 512m", "      memory: 768m")]),
+    ("gateway-01 declares pilot", [("devices/gateway-01.yaml", "spec:\n", "spec:\n  groups: [pilot]\n")]),
+]
+
+
 @pytest.fixture(scope="module")
 def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = copy_example(tmp_path_factory.mktemp("history-model") / "fleet")
     for name in LOOK_ALIKES:
         (work / "devices" / f"{name}.yaml").write_text(_device(name, "east"))
     git(work, "init", "-q", "-b", "main")
-    steps = iter(range(1, 100))
-    _commit(work, "initial fleet", next(steps))
-    groups, models, devices = work / "groups", work / "models", work / "devices"
-    _edit(groups / "all.yaml", 'version: "1.0.0"', 'version: "1.1.0"')
-    _commit(work, "pin: all people-counter 1.1.0", next(steps))
-    _edit(groups / "pilot.yaml", "    - lab-01\n", "    - lab-01\n    - cam-north-02\n    - cam-east-03\n")
-    _commit(work, "members: cam-north-02 and cam-east-03 join pilot", next(steps))
-    _edit(groups / "pilot.yaml", "    - lab-01\n", "")
-    _edit(groups / "conservation.yaml", "    - cam-south-01\n", "    - cam-south-01\n    - lab-01\n")
-    _commit(work, "move: lab-01 from pilot to conservation", next(steps))
-    _edit(groups / "pilot.yaml", '    - name: people-counter\n      version: "1.0.0"                   # a downgrade is '
-          'an ordinary pin\n', "")
-    _edit(groups / "pilot.yaml", "      model: shelf-detector\n", "      model: shelf-detector\n")
-    _commit(work, "pilot drops people-counter", next(steps))
-    _edit(devices / "cam-south-01.yaml", "site: south", "site: north")
-    _commit(work, "cam-south-01 moves north", next(steps))
-    _edit(devices / "cam-east-02.yaml", "role: camera", "role: gateway")
-    _commit(work, "cam-east-02 role only", next(steps))
-    (work / "NOTES.md").write_text("unrelated\n")
-    _commit(work, "notes", next(steps))
-    _edit(models / "people-counter.yaml", "port: 8101", "port: 8111")
-    _commit(work, "people-counter 1.0.0 port", next(steps))
-    _edit(groups / "all.yaml", 'version: "1.1.0"', 'version: "1.0.0"')
-    _commit(work, "pin: all people-counter back to 1.0.0", next(steps))
-    _edit(models / "wildlife-id.yaml", "groups: [conservation]", "groups: [conservation]\n    devices: [cam-east-05]")
-    _edit(groups / "all.yaml", "  models:\n", "  models:\n    - name: wildlife-id\n      version: \"1.0.0\"\n")
-    _commit(work, "wildlife-id everywhere (protected: only some may run it)", next(steps))
-    _edit(groups / "all.yaml", '    - name: wildlife-id\n      version: "1.0.0"\n', "")
-    _commit(work, "wildlife-id off all", next(steps))
-    (devices / "cam-east-07.yaml").write_text(_device("cam-east-07", "north"))
-    (devices / "cam-east-01.yaml").unlink()
-    _commit(work, "cam-east-07 added, cam-east-01 retired", next(steps))
-    _edit(devices / "cam-east-04.yaml", "spec:\n", "spec: [\n")
-    _commit(work, "cam-east-04 broken", next(steps))
-    _edit(devices / "cam-east-04.yaml", "spec: [\n", "spec:\n")
-    _edit(devices / "cam-east-04.yaml", "site: east", "site: north")
-    _commit(work, "cam-east-04 fixed and moved north", next(steps))
-    _edit(work / "fleet.yaml", "  defaults:\n", "  defaults: [\n")
-    _commit(work, "fleet.yaml broken", next(steps))
-    _edit(work / "fleet.yaml", "  defaults: [\n", "  defaults:\n")
-    _edit(work / "fleet.yaml", "      memory: 512m", "      memory: 768m")
-    _commit(work, "fleet.yaml fixed, default memory 768m", next(steps))
-    _edit(devices / "gateway-01.yaml", "spec:\n", "spec:\n  groups: [pilot]\n")
-    _commit(work, "gateway-01 declares pilot", next(steps))
+    _commit(work, "initial fleet", 1)
+    for n, (message, edits) in enumerate(STEPS, start=2):
+        for rel, old, new in edits:
+            if new is None:
+                (work / rel).unlink()
+            elif old is None:
+                (work / rel).write_text(new)
+            else:
+                _edit(work / rel, old, new)
+        _commit(work, message, n)
     return work
 
 
@@ -195,42 +194,6 @@ EXPECTED: dict[str, list[tuple[str, list[str]]]] = {"people-counter": [("initial
                       "cam-north-01: ~ model shelf-detector 2.0.0: artifact, image, registry changed",
                       "cam-north-02: ~ model shelf-detector 2.0.0: artifact, image, registry changed"]),
                     ("gateway-01 declares pilot", ["gateway-01: + model shelf-detector 2.0.0 (group pilot)"])],
- "since": [("pin: all people-counter back to 1.0.0",
-            ["cam-east-01: ~ model people-counter 1.1.0 -> 1.0.0 (downgrade, group all)",
-             "cam-east-02: ~ model people-counter 1.1.0 -> 1.0.0 (downgrade, group all)",
-             "cam-east-03: ~ model people-counter 1.1.0 -> 1.0.0 (downgrade, group all)",
-             "cam-east-04: ~ model people-counter 1.1.0 -> 1.0.0 (downgrade, group all)",
-             "cam-east-05: ~ model people-counter 1.1.0 -> 1.0.0 (downgrade, group all)",
-             "cam-east-06: ~ model people-counter 1.1.0 -> 1.0.0 (downgrade, group all)",
-             "gateway-01: ~ model people-counter 1.1.0 -> 1.0.0 (downgrade, group all)",
-             "lab-01: ~ model people-counter 1.1.0 -> 1.0.0 (downgrade, group all)"]),
-           ("wildlife-id off all",
-            ["cam-east-01: + model people-counter 1.0.0 (group all)",
-             "cam-east-02: + model people-counter 1.0.0 (group all)",
-             "cam-east-03: + model people-counter 1.0.0 (group all)",
-             "cam-east-04: + model people-counter 1.0.0 (group all)",
-             "cam-east-06: + model people-counter 1.0.0 (group all)",
-             "cam-north-01: + model people-counter 1.1.0 (group north-stores)",
-             "cam-north-02: + model people-counter 1.1.0 (group north-stores)",
-             "gateway-01: + model people-counter 1.0.0 (group all)"]),
-           ("cam-east-07 added, cam-east-01 retired",
-            ["cam-east-01: - model people-counter 1.0.0",
-             "cam-east-07: + model people-counter 1.1.0 (group north-stores)"]),
-           ("cam-east-04 fixed and moved north",
-            ["cam-east-04: + model people-counter 1.1.0 (group north-stores)"]),
-           ("fleet.yaml broken", ["! fleet invalid at this commit: fleet.yaml at <commit> is invalid"]),
-           ("fleet.yaml fixed, default memory 768m",
-            ["cam-east-02: ~ model people-counter 1.0.0: artifact, image, registry changed",
-             "cam-east-03: ~ model people-counter 1.0.0: artifact, image, registry changed",
-             "cam-east-04: ~ model people-counter 1.1.0: artifact, image, registry changed",
-             "cam-east-05: ~ model people-counter 1.0.0: artifact, image, registry changed",
-             "cam-east-06: ~ model people-counter 1.0.0: artifact, image, registry changed",
-             "cam-east-07: ~ model people-counter 1.1.0: artifact, image, registry changed",
-             "cam-north-01: ~ model people-counter 1.1.0: artifact, image, registry changed",
-             "cam-north-02: ~ model people-counter 1.1.0: artifact, image, registry changed",
-             "cam-south-01: ~ model people-counter 1.1.0: artifact, image, registry changed",
-             "gateway-01: ~ model people-counter 1.0.0: artifact, image, registry changed",
-             "lab-01: ~ model people-counter 1.0.0: artifact, image, registry changed"])],
  "wildlife-id": [("initial fleet", ["cam-south-01: + model wildlife-id 1.1.0 (group conservation)"]),
                  ("move: lab-01 from pilot to conservation",
                   ["lab-01: + model wildlife-id 1.1.0 (group conservation)"]),
@@ -256,7 +219,9 @@ def test_model_history_events_are_pinned(work: Path, model: str) -> None:
 
 def test_model_history_since_starts_from_the_state_before_the_window(work: Path) -> None:
     # the window's first commit is compared with its parent, not treated as the fleet's beginning
-    assert _events(work, "people-counter", datetime.fromtimestamp(T0 + 9 * 60, UTC)) == EXPECTED["since"]
+    window = EXPECTED["people-counter"][6:]
+    assert window[0][0] == "pin: all people-counter back to 1.0.0"  # made at T0 + 10 minutes
+    assert _events(work, "people-counter", datetime.fromtimestamp(T0 + 9 * 60, UTC)) == window
 
 
 def test_model_history_cli_json_and_text(work: Path, capsys: pytest.CaptureFixture[str]) -> None:
