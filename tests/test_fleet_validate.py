@@ -199,3 +199,24 @@ def test_missing_fleet_file(tmp_path: Path) -> None:
 
 def test_example_copy_still_valid_after_copy(tmp_path: Path) -> None:
     assert problems(copy_example(tmp_path / "f")) == []
+
+
+def test_a_device_named_like_a_date_stays_a_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # YAML 1.1 would read 2024-01-01 as a date, which no schema (or git path) takes; YAML 1.2 reads a string.
+    root = copy_example(tmp_path / "fleet")
+    text = (root / "devices" / "cam-north-01.yaml").read_text().replace("cam-north-01", "2024-01-01")
+    (root / "devices" / "2024-01-01.yaml").write_text(text)
+    assert main(["validate", str(root)]) == 0, capsys.readouterr()
+    capsys.readouterr()
+    assert main(["render", str(root), "--device", "2024-01-01"]) == 0
+    assert "device: '2024-01-01'" in capsys.readouterr().out
+
+
+def test_a_value_json_cannot_hold_is_located_not_a_crash(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    root = copy_example(tmp_path / "fleet")
+    path = root / "devices" / "cam-north-01.yaml"
+    path.write_text(path.read_text().replace("site: north", "site: !!binary aGVsbG8="))
+    assert main(["validate", str(root)]) == 1
+    out, err = capsys.readouterr()
+    assert "devices/cam-north-01.yaml:7:" in out + err and "internal error" not in out + err

@@ -11,9 +11,23 @@ import yaml
 from reconciler.errors import Problem
 
 try:  # the C loader is several times faster; fall back when libyaml is missing
-    _Loader: type = yaml.CSafeLoader
+    _Base: Any = yaml.CSafeLoader
 except AttributeError:  # pragma: no cover - depends on the platform's PyYAML build
-    _Loader = yaml.SafeLoader
+    _Base = yaml.SafeLoader
+
+_TIMESTAMP = "tag:yaml.org,2002:timestamp"
+
+
+class _Loader(_Base):  # type: ignore[misc]
+    """Safe loading, but ``2024-01-01`` stays the string it looks like (YAML 1.2 has no timestamps): a device
+    or version named like a date must not turn into a Python date that no schema or git path can take."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag != _TIMESTAMP]
+    for first, resolvers in _Base.yaml_implicit_resolvers.items()
+}
+_Loader.add_constructor(_TIMESTAMP, _Base.construct_yaml_str)
 
 Path_ = tuple[str | int, ...]
 
