@@ -256,6 +256,17 @@ def test_kill_9_mid_deploy_then_restart_converges(lab: Lab) -> None:
     assert json.loads(lab.get("/healthz")[1])["version"] == "2.0"
 
 
+def _serves(lab: Lab, version: str, seconds: float) -> bool:
+    """Wait until the workload answers /healthz with ``version``."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        status, body = lab.get("/healthz")
+        if status == 200 and json.loads(body)["version"] == version:
+            return True
+        time.sleep(0.2)
+    return False
+
+
 def test_loop_reacts_at_once_to_a_commit_and_a_config_edit_and_stops_cleanly_on_sigterm(lab: Lab) -> None:
     config = lab.config_path(interval=300, jitter=0)  # the interval alone would wait five minutes
     proc = subprocess.Popen([sys.executable, "-m", "reconciler", "agent", "--config", str(config)],
@@ -266,14 +277,7 @@ def test_loop_reacts_at_once_to_a_commit_and_a_config_edit_and_stops_cleanly_on_
         time.sleep(1.0)  # let the watcher start
         lab.commit({"groups/all.yaml": lab.group_yaml("2.0", [{"detector_id": "det_a", "model": "counter"}])},
                    "upgrade")
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            status, body = lab.get("/healthz")
-            if status == 200 and json.loads(body)["version"] == "2.0":
-                break
-            time.sleep(0.2)
-        else:
-            raise AssertionError("the loop did not pick up the commit on the watched repository")
+        assert _serves(lab, "2.0", 30), "the loop did not pick up the commit on the watched repository"
         # An edit of the config file that does not load is refused; the agent keeps running as it was.
         config.write_text("device: [dev1\n")
         time.sleep(1.5)
@@ -285,14 +289,7 @@ def test_loop_reacts_at_once_to_a_commit_and_a_config_edit_and_stops_cleanly_on_
         git(lab.work, "commit", "-qam", "canary back to 1.0")
         git(lab.work, "push", "-q", "origin", "canary")
         lab.config_path(interval=300, jitter=0, repo={"url": str(lab.server), "branch": "canary"})
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            status, body = lab.get("/healthz")
-            if status == 200 and json.loads(body)["version"] == "1.0":
-                break
-            time.sleep(0.2)
-        else:
-            raise AssertionError("the loop did not take up the edited configuration")
+        assert _serves(lab, "1.0", 30), "the loop did not take up the edited configuration"
     finally:
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
