@@ -18,16 +18,17 @@ except AttributeError:  # pragma: no cover - depends on the platform's PyYAML bu
 _TIMESTAMP = "tag:yaml.org,2002:timestamp"
 
 
-class _Loader(_Base):  # type: ignore[misc]
+class Loader(_Base):  # type: ignore[misc]
     """Safe loading, but ``2024-01-01`` stays the string it looks like (YAML 1.2 has no timestamps): a device
-    or version named like a date must not turn into a Python date that no schema or git path can take."""
+    or version named like a date must not turn into a Python date that no schema or git path can take.
+    The one YAML loader of the project: fleet files, status files and the views all read through it."""
 
 
-_Loader.yaml_implicit_resolvers = {
+Loader.yaml_implicit_resolvers = {
     first: [(tag, regex) for tag, regex in resolvers if tag != _TIMESTAMP]
     for first, resolvers in _Base.yaml_implicit_resolvers.items()
 }
-_Loader.add_constructor(_TIMESTAMP, _Base.construct_yaml_str)
+Loader.add_constructor(_TIMESTAMP, _Base.construct_yaml_str)
 
 Path_ = tuple[str | int, ...]
 
@@ -83,7 +84,7 @@ def dotted(where: Path_) -> str:
 
 def parse(path: str, text: bytes | str) -> tuple[Document | None, list[Problem]]:
     """Parse one YAML document.  Malformed YAML, several documents or duplicate keys become located problems."""
-    loader = _Loader(text)
+    loader = Loader(text)
     problems: list[Problem] = []
     try:
         node = loader.get_single_node()

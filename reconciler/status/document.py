@@ -8,6 +8,7 @@ from typing import Any
 import yaml
 
 from reconciler import __version__
+from reconciler.fleet.document import Loader
 from reconciler.model import DesiredState
 
 # Fields whose change alone is not worth a commit: they move with every cycle or with every fleet commit,
@@ -18,7 +19,6 @@ VOLATILE_PERF = ("memoryBytes", "cpuPercent")
 # libyaml: every cycle renders its document and compares it with the previous one (pure-Python yaml took
 # half of a no-op cycle's own time)
 _Dumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def build(*, device: str, runtime: str | None, observed: str | None, applied: str | None, phase: str,
@@ -72,7 +72,7 @@ def significant(text: str | None) -> Any:
     if not text:
         return None
     try:
-        doc = yaml.load(text, Loader=_Loader)  # a safe loader (libyaml when present)
+        doc = yaml.load(text, Loader=Loader)  # a safe loader (libyaml when present)
     except yaml.YAMLError:
         return None
     if not isinstance(doc, dict):

@@ -13,8 +13,9 @@ from typing import Any
 import pygit2
 import yaml
 
+from reconciler.fleet.document import Loader
+
 STATUS_FILE = "status.yaml"
-_Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 10,000 documents in seconds
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def _str(value: Any) -> str | None:
 
 def from_bytes(device: str, data: bytes) -> Snapshot:
     try:
-        doc = yaml.load(data, Loader=_Loader)
+        doc = yaml.load(data, Loader=Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
