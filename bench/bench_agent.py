@@ -131,7 +131,7 @@ def profile_summary(prof: cProfile.Profile, cycles: int) -> dict[str, Any]:
     per = 1000.0 / cycles
     steps = {}
     for (file, _line, func), (_cc, _nc, _tt, ct, _callers) in raw.items():
-        if file.endswith("reconciler/reconcile.py") and func in STEPS:
+        if file.endswith("reconciler/agent/reconcile.py") and func in STEPS:
             steps[func] = round(ct * per, 2)
 
     def where(key: tuple[str, int, str]) -> str:
@@ -151,8 +151,8 @@ def profile_summary(prof: cProfile.Profile, cycles: int) -> dict[str, Any]:
 
 
 def child(config_path: Path, clone: Path, ssh: str) -> dict[str, Any]:
-    from reconciler import agentconfig
-    from reconciler.reconcile import Reconciler
+    from reconciler.agent import config as agentconfig
+    from reconciler.agent.reconcile import Reconciler
 
     config = agentconfig.load(config_path)
     rec = Reconciler(config)
@@ -239,7 +239,7 @@ def run_child(config: Path, clone: Path, ssh: str) -> dict[str, Any]:
 
 # -- the ssh reference: what a fetch with nothing new costs, without us -------------------------------------
 def ssh_reference(server: Any, work: Path) -> dict[str, float]:
-    from reconciler.gitsync import FleetMirror, GitAuth
+    from reconciler.git.mirror import FleetMirror, GitAuth
     from tests.services.gitserver import GIT_USER
 
     auth = GitAuth(ssh_key=server.key(DEVICE), known_hosts=server.known_hosts, username=GIT_USER)

@@ -229,7 +229,7 @@ def main() -> None:
                 build_busybox_image(daemon, work, f"bench/counter:{v}", [f"ENV IMAGE_VERSION={v}"])
                 images[v] = push_image(daemon, f"bench/counter:{v}", f"{reg.address}/images/counter:{v}")
             env = {**os.environ, **GIT_ENV}
-            startup = [_child([sys.executable, "-c", "import reconciler.reconcile, reconciler.runtimes.docker, "
+            startup = [_child([sys.executable, "-c", "import reconciler.agent.reconcile, reconciler.runtimes.docker, "
                                "reconciler.artifacts.store, docker, pygit2, oras"], env)[2] for _ in range(3)]
             report["startup_cpu_s"] = _med(startup)
             for runtime in ("process", "docker"):

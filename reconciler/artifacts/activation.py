@@ -13,21 +13,17 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from reconciler.artifacts.archive import extract
+from reconciler.artifacts.layout import META, StoreLayout
 from reconciler.artifacts.manifest import Manifest, safe_relative_path
 from reconciler.artifacts.reference import Reference
 from reconciler.durable import fsync_dir
 from reconciler.errors import Stalled
 
-if TYPE_CHECKING:
-    from reconciler.artifacts.store import ArtifactStore
 
-META = ".reconciler-manifest.json"
-
-
-def activate(store: ArtifactStore, model: str, version: str, pinned: Reference, manifest: Manifest) -> Path:
+def activate(store: StoreLayout, model: str, version: str, pinned: Reference, manifest: Manifest, *,
+             max_bytes: int) -> Path:
     """Build the version's directory from blobs already in ``store``, then point its link at it."""
     model_dir = store.models / model
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -39,7 +35,7 @@ def activate(store: ArtifactStore, model: str, version: str, pinned: Reference, 
     try:
         files: dict[str, str] = {}
         links: dict[str, str] = {}
-        budget = store.max_extract_bytes
+        budget = max_bytes
         for layer in manifest.layers:
             blob = store.blob_path(layer.digest)
             kind = layer.is_archive

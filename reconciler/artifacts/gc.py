@@ -11,12 +11,10 @@ import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from reconciler.artifacts.layout import StoreLayout
 from reconciler.durable import fsync_dir
-
-if TYPE_CHECKING:
-    from reconciler.artifacts.store import ArtifactStore
 
 
 @dataclass(frozen=True)
@@ -26,7 +24,7 @@ class GcResult:
     freed_bytes: int
 
 
-def collect(store: ArtifactStore, desired: Iterable[tuple[str, str]], keep_previous: int) -> GcResult:
+def collect(store: StoreLayout, desired: Iterable[tuple[str, str]], keep_previous: int) -> GcResult:
     """What ``ArtifactStore.gc`` promises; the caller holds the store's lock."""
     wanted = set(desired)
     wanted_models = {m for m, _ in wanted}

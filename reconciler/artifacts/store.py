@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import re
 import shutil
@@ -25,10 +24,10 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from reconciler.artifacts.activation import META, activate
+from reconciler.artifacts.activation import activate
 from reconciler.artifacts.gc import GcResult, collect
+from reconciler.artifacts.layout import META, StoreLayout
 from reconciler.artifacts.manifest import Descriptor, Manifest, parse_manifest, safe_relative_path
 from reconciler.artifacts.reference import Reference
 from reconciler.artifacts.registry import RegistryClient
@@ -39,7 +38,6 @@ from reconciler.errors import IntegrityError, InvalidConfig, ReconcilerError, St
 __all__ = ["META", "ArtifactStore", "GcResult", "PullResult", "human", "read_manifest"]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,127}$")
-_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -65,29 +63,12 @@ def _check_name(value: str, what: str) -> str:
     return value
 
 
-class ArtifactStore:
+class ArtifactStore(StoreLayout):
     """Verified, resumable, deduplicated artifact pulls into ``data_dir``."""
 
     concurrency = 4  # layers fetched at once
     max_extract_bytes = 16 * 1024**3  # cap on what one version's archives may expand to
     reserve_bytes = 64 * 1024**2  # free space kept beyond what a pull needs
-
-    def __init__(self, data_dir: Path) -> None:
-        self.root = Path(data_dir)
-        self.blobs = self.root / "blobs" / "sha256"
-        self.ingest = self.root / "ingest"
-        self.models = self.root / "models"
-
-    # -- paths and layout -------------------------------------------------------------------------
-
-    def blob_path(self, digest: str) -> Path:
-        algorithm, _, hexdigest = digest.partition(":")
-        if algorithm != "sha256" or not _HEX.match(hexdigest):
-            raise IntegrityError(f"unsupported digest {digest!r}")
-        return self.blobs / hexdigest
-
-    def has_blob(self, digest: str) -> bool:
-        return self.blob_path(digest).is_file()
 
     def _ensure_dirs(self) -> None:
         for d in (self.blobs, self.ingest, self.models):
@@ -104,34 +85,6 @@ class ArtifactStore:
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def _read_meta(self, model: str, version: str) -> dict[str, Any] | None:
-        link = self.models / model / version
-        try:
-            meta: dict[str, Any] = json.loads((link / META).read_text())
-        except (OSError, ValueError):
-            return None
-        return meta
-
-    def activated(self, model: str, version: str) -> Path | None:
-        """The activated directory of a model version, or None when there is none."""
-        link = self.models / model / version
-        return link if link.is_symlink() and self._read_meta(model, version) is not None else None
-
-    def versions(self) -> list[tuple[str, str, dict[str, Any]]]:
-        """(model, version, metadata) of every activated version."""
-        found = []
-        if not self.models.is_dir():
-            return []
-        for model_dir in sorted(self.models.iterdir()):
-            if not model_dir.is_dir() or model_dir.name.startswith("."):
-                continue
-            for entry in sorted(model_dir.iterdir()):
-                if entry.is_symlink() and not entry.name.startswith("."):
-                    meta = self._read_meta(model_dir.name, entry.name)
-                    if meta is not None:
-                        found.append((model_dir.name, entry.name, meta))
-        return found
-
     # -- pull ---------------------------------------------------------------------------------------
 
     def pull(self, ref: str, client: RegistryClient, *, model: str, version: str,
@@ -146,14 +99,14 @@ class ArtifactStore:
         _check_name(model, "model")
         _check_name(version, "version")
         link = self.models / model / version
-        meta = self._read_meta(model, version)
+        meta = self.read_meta(model, version)
         # Pinned and already active: no network at all.
         if not force and meta and reference.digest and meta.get("manifestDigest") == reference.digest:
             return PullResult(link, reference.digest, 0, time.monotonic() - started, True)
         with self._locked():
             self._ensure_dirs()
             manifest = client.get_manifest(reference)
-            meta = self._read_meta(model, version)
+            meta = self.read_meta(model, version)
             if not force and meta and meta.get("manifestDigest") == manifest.digest:
                 return PullResult(link, manifest.digest, 0, time.monotonic() - started, True)
             where = str(reference)
@@ -162,7 +115,8 @@ class ArtifactStore:
             self._check_disk(manifest, missing, where)
             downloaded = self._fetch(reference, client, manifest, missing, progress)
             self._store_manifest(manifest)
-            path = activate(self, model, version, reference.pinned(manifest.digest), manifest)
+            path = activate(self, model, version, reference.pinned(manifest.digest), manifest,
+                            max_bytes=self.max_extract_bytes)
             return PullResult(path, manifest.digest, downloaded, time.monotonic() - started, False)
 
     def _check_layers(self, manifest: Manifest, where: str) -> None:

@@ -10,12 +10,10 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from reconciler.artifacts.layout import StoreLayout
 from reconciler.artifacts.reference import is_digest
-
-if TYPE_CHECKING:
-    from reconciler.artifacts.store import ArtifactStore
 
 _CHUNK = 1024 * 1024
 
@@ -35,7 +33,7 @@ def sha256_file(path: Path) -> str:
     return "sha256:" + hasher.hexdigest()
 
 
-def find_damage(store: ArtifactStore) -> Damage:
+def find_damage(store: StoreLayout) -> Damage:
     """Every blob whose content does not match its name, and every activated file or link that changed."""
     failures: list[str] = []
     bad_blobs: list[Path] = []

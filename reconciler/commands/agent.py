@@ -17,8 +17,8 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from reconciler import agentconfig
-    from reconciler.agent import Agent, single_instance
+    from reconciler.agent import config as agentconfig
+    from reconciler.agent.loop import Agent, single_instance
 
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _summary(agent: object) -> list[str]:
-    from reconciler.agent import Agent
+    from reconciler.agent.loop import Agent
 
     assert isinstance(agent, Agent)
     state = agent.reconciler.state

@@ -15,7 +15,7 @@ import time
 import pygit2
 
 from reconciler.errors import PushRejected, Transient
-from reconciler.gitsync import FleetMirror, PushOutcome, ref_target, tracking_ref
+from reconciler.git.mirror import FleetMirror, PushOutcome, ref_target, tracking_ref
 
 __all__ = ["PushOutcome", "StatusWriter"]
 

@@ -16,8 +16,8 @@ from pathlib import Path
 import pygit2
 
 from reconciler.errors import NotFound
-from reconciler.gitsync import REMOTE, FleetMirror, GitAuth, redact
-from reconciler.location import is_url
+from reconciler.git.location import is_url
+from reconciler.git.mirror import REMOTE, FleetMirror, GitAuth, redact
 
 STATUS_PREFIX = "status/"
 _HEADS = "refs/heads/"

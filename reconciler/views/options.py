@@ -29,7 +29,7 @@ def add_repo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def open_from_args(args: argparse.Namespace) -> FleetRepo:
-    from reconciler.gitsync import GitAuth
+    from reconciler.git.mirror import GitAuth
     from reconciler.views.fleetrepo import open_fleet_repo
 
     auth = GitAuth(ssh_key=args.ssh_key, known_hosts=args.known_hosts)

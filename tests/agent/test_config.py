@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.agent import BACKOFF_START, Agent, jitter_fraction
-from reconciler.agentconfig import AgentConfig, load
+from reconciler.agent.config import AgentConfig, load
+from reconciler.agent.cycle import Cycle
+from reconciler.agent.loop import BACKOFF_START, Agent, jitter_fraction
 from reconciler.errors import AuthError, InvalidConfig, LockHeld, Transient
-from reconciler.location import is_url, local_path
-from reconciler.reconcile import Cycle
+from reconciler.git.location import is_url, local_path
 
 CONFIG = """\
 device: dev1

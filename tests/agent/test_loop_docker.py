@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 import yaml
 
-from reconciler import agentconfig
-from reconciler.agent import Agent
+from reconciler.agent import config as agentconfig
+from reconciler.agent.loop import Agent
 from reconciler.runtimes.docker_observation import _cpu_percent
 from reconciler.runtimes.docker_spec import L_DEVICE, L_MANAGED, L_MODEL, L_VERSION
 from tests.agentlab import Lab, publish

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from reconciler.errors import PushRejected
-from reconciler.gitsync import FleetMirror, GitAuth
+from reconciler.git.mirror import FleetMirror, GitAuth
 from reconciler.main import main
 from tests.agentlab import Lab, publish, stop_workloads
 from tests.services.gitserver import GIT_USER, GitServer

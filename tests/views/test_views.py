@@ -18,7 +18,7 @@ import pygit2
 import pytest
 import yaml
 
-from reconciler.gitsync import FleetMirror, GitAuth
+from reconciler.git.mirror import FleetMirror, GitAuth
 from reconciler.main import main
 from reconciler.status.writer import StatusWriter
 from reconciler.views import snapshot

@@ -21,9 +21,9 @@ from typing import Any
 import pygit2
 
 from reconciler.errors import AuthError, DeadlineExceeded, NotFound, PushRejected, Transient
-from reconciler.knownhosts import verify_host_key
-from reconciler.location import is_url
-from reconciler.nodelay import tcp_nodelay
+from reconciler.git.knownhosts import verify_host_key
+from reconciler.git.location import is_url
+from reconciler.git.nodelay import tcp_nodelay
 
 REMOTE = "origin"
 

@@ -219,7 +219,7 @@ def test_offline_cycle_completes_and_status_is_pushed_later(lab: Lab) -> None:
 
 
 def test_second_agent_on_same_data_dir_is_refused(lab: Lab, capsys: pytest.CaptureFixture[str]) -> None:
-    from reconciler.agent import single_instance
+    from reconciler.agent.loop import single_instance
 
     lab.data_dir.mkdir(parents=True, exist_ok=True)
     with single_instance(lab.data_dir):

@@ -13,13 +13,16 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pygit2
 
-from reconciler import detectors as detectors_file
-from reconciler.agentconfig import AgentConfig
+from reconciler.agent import detectors as detectors_file
+from reconciler.agent.config import AgentConfig
+from reconciler.agent.cycle import Cycle
+from reconciler.agent.executor import Executor, now_iso
+from reconciler.agent.plan import plan
+from reconciler.agent.state import AgentState
 from reconciler.credentials import CredentialStore, mask
 from reconciler.errors import (
     InvalidConfig,
@@ -28,47 +31,24 @@ from reconciler.errors import (
     ReconcilerError,
     Stalled,
 )
-from reconciler.executor import Executor, now_iso
 from reconciler.fleet.resolve import render_device
 from reconciler.fleet.source import GitSource
 from reconciler.fleet.view import FleetView, ParseCache
-from reconciler.gitsync import FleetMirror, GitAuth
-from reconciler.model import DesiredState, Observed, Workload
-from reconciler.plan import Action, plan
+from reconciler.git.mirror import FleetMirror, GitAuth
+from reconciler.model import DesiredState, Workload
 from reconciler.runtimes import get_runtime
 from reconciler.runtimes.base import Runtime
-from reconciler.state import AgentState
 from reconciler.status import conditions as summarizer
 from reconciler.status import document as status_doc
 from reconciler.status.writer import StatusWriter
 
-__all__ = ["Cycle", "Reconciler", "now_iso"]  # now_iso lives in executor.py; kept importable here
+__all__ = ["Cycle", "Reconciler", "now_iso"]  # Cycle and now_iso live in cycle.py and executor.py
+
+if TYPE_CHECKING:  # loaded on first pull: the CLI and a no-op pass never import oras or requests
+    from reconciler.artifacts.registry import RegistryClient
+    from reconciler.artifacts.store import ArtifactStore
 
 log = logging.getLogger("reconciler.agent")
-
-
-@dataclass
-class Cycle:
-    """What one pass learned; the summarizer turns it into phase and conditions."""
-
-    tip: pygit2.Oid | None = None
-    target: pygit2.Oid | None = None  # the commit whose desired state this pass applies
-    key: str | None = None
-    desired: DesiredState | None = None
-    workloads: dict[str, Workload] = field(default_factory=dict)
-    observed: list[Observed] = field(default_factory=list)
-    actions: list[Action] = field(default_factory=list)
-    fetch_error: ReconcilerError | None = None
-    blocked: ReconcilerError | None = None  # the new commit could not be applied (invalid, rewind)
-    error: ReconcilerError | None = None  # what stopped the pass
-    failing: dict[str, str] = field(default_factory=dict)
-    drift: list[str] = field(default_factory=list)
-    did_work: bool = False
-    push_refused: bool = False  # the server refused the status push: reporting failed, so not Ready
-
-    @property
-    def ready(self) -> bool:
-        return self.error is None and self.blocked is None and not self.failing and not self.push_refused
 
 
 class Reconciler:
@@ -89,7 +69,7 @@ class Reconciler:
         self._desired_cache: tuple[str, DesiredState] | None = None
         self._key_cache: tuple[pygit2.Oid, str] | None = None
         self._runtimes: dict[str, Runtime] = {}
-        self._store: Any = None
+        self._store: ArtifactStore | None = None
         self.last_cycle: Cycle | None = None
         self._secrets: tuple[str, ...] | None = None
         self.executor = Executor(self.state, config.device, self.data_dir, runtime=self._runtime,
@@ -272,15 +252,15 @@ class Reconciler:
             self._runtimes[name] = get_runtime(name, self.data_dir, options)
         return self._runtimes[name]
 
-    def _store_for(self) -> Any:
+    def _store_for(self) -> ArtifactStore:
         if self._store is None:
-            from reconciler.artifacts import ArtifactStore
+            from reconciler.artifacts.store import ArtifactStore
 
             self._store = ArtifactStore(self.data_dir)
         return self._store
 
-    def _client(self, alias: str | None, desired: DesiredState) -> Any:
-        from reconciler.artifacts import RegistryClient
+    def _client(self, alias: str | None, desired: DesiredState) -> RegistryClient:
+        from reconciler.artifacts.registry import RegistryClient
 
         registry = desired.registries.get(alias) if alias else None
         credential = self.credentials.resolve(registry.credentials_ref) if registry else None

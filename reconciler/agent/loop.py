@@ -15,10 +15,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 
-from reconciler import agentconfig
-from reconciler.agentconfig import AgentConfig
+from reconciler.agent import config as agentconfig
+from reconciler.agent.config import AgentConfig
+from reconciler.agent.cycle import Cycle
+from reconciler.agent.reconcile import Reconciler
 from reconciler.errors import LockHeld, ReconcilerError, Stalled
-from reconciler.reconcile import Cycle, Reconciler
 
 log = logging.getLogger("reconciler.agent")
 BACKOFF_START = 5.0

@@ -15,8 +15,8 @@ import pygit2
 import pytest
 
 from reconciler.errors import AuthError, DeadlineExceeded, NotFound, PushRejected, Transient
-from reconciler.gitsync import FleetMirror, GitAuth, redact
-from reconciler.knownhosts import known_host_keys
+from reconciler.git.knownhosts import known_host_keys
+from reconciler.git.mirror import FleetMirror, GitAuth, redact
 from reconciler.status.writer import StatusWriter
 from tests.services.gitserver import GIT_USER, GitServer
 

@@ -13,7 +13,7 @@ from typing import Any
 from reconciler.errors import InvalidConfig, NotFound
 from reconciler.fleet.document import Document, parse
 from reconciler.fleet.schema import check
-from reconciler.location import is_url, local_path
+from reconciler.git.location import is_url, local_path
 
 ENV = {
     "RECONCILER_DEVICE": ("device",),

@@ -1,4 +1,4 @@
-"""The status branch writer against file:// bare repos (fast; the ssh server cases live in test_gitsync)."""
+"""The status branch writer against file:// bare repos (fast; the ssh server cases live in tests/git/test_mirror.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pygit2
 import pytest
 
 from reconciler.errors import NotFound
-from reconciler.gitsync import FleetMirror
+from reconciler.git.mirror import FleetMirror
 from reconciler.status.writer import StatusWriter
 
 

@@ -15,15 +15,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reconciler import detectors as detectors_file
+from reconciler.agent import detectors as detectors_file
+from reconciler.agent.cycle import Cycle
+from reconciler.agent.plan import Action
+from reconciler.agent.state import AgentState
 from reconciler.errors import ReconcilerError, Stalled
 from reconciler.model import DesiredState, Workload, workload_from_dict, workload_to_dict
-from reconciler.plan import Action
 from reconciler.runtimes.base import Runtime
-from reconciler.state import AgentState
 
 if TYPE_CHECKING:
-    from reconciler.reconcile import Cycle
+    from reconciler.artifacts.store import ArtifactStore
 
 # the pass's logger: moving the code here changes no log line
 log = logging.getLogger("reconciler.agent")
@@ -43,7 +44,7 @@ class Executor:
     """Applies a cycle's actions with the device's runtimes and keeps ``state.models`` up to date."""
 
     def __init__(self, state: AgentState, device: str, data_dir: Path, runtime: Callable[[str], Runtime],
-                 store: Callable[[], Any], mask: Callable[[str], str]) -> None:
+                 store: Callable[[], ArtifactStore], mask: Callable[[str], str]) -> None:
         self.state = state
         self.device = device
         self.data_dir = data_dir

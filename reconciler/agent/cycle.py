@@ -1,0 +1,35 @@
+"""What one pass learned, shared by the pass (``reconcile.py``) and the executor (``executor.py``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pygit2
+
+from reconciler.agent.plan import Action
+from reconciler.errors import ReconcilerError
+from reconciler.model import DesiredState, Observed, Workload
+
+
+@dataclass
+class Cycle:
+    """What one pass learned; the summarizer turns it into phase and conditions."""
+
+    tip: pygit2.Oid | None = None
+    target: pygit2.Oid | None = None  # the commit whose desired state this pass applies
+    key: str | None = None
+    desired: DesiredState | None = None
+    workloads: dict[str, Workload] = field(default_factory=dict)
+    observed: list[Observed] = field(default_factory=list)
+    actions: list[Action] = field(default_factory=list)
+    fetch_error: ReconcilerError | None = None
+    blocked: ReconcilerError | None = None  # the new commit could not be applied (invalid, rewind)
+    error: ReconcilerError | None = None  # what stopped the pass
+    failing: dict[str, str] = field(default_factory=dict)
+    drift: list[str] = field(default_factory=list)
+    did_work: bool = False
+    push_refused: bool = False  # the server refused the status push: reporting failed, so not Ready
+
+    @property
+    def ready(self) -> bool:
+        return self.error is None and self.blocked is None and not self.failing and not self.push_refused
