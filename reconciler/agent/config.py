@@ -27,6 +27,7 @@ ENV = {
     "RECONCILER_INTERVAL": ("interval",),
     "RECONCILER_JITTER": ("jitter",),
     "RECONCILER_DOCKER_HOST": ("dockerHost",),
+    "RECONCILER_LOG_FORMAT": ("logFormat",),
 }
 _NUMBERS = {"interval", "jitter"}
 
@@ -50,6 +51,9 @@ class AgentConfig:
     git_timeout: float = 60.0
     pull_timeout: float = 600.0
     runtime_options: Mapping[str, Any] = field(default_factory=dict)
+    pass_timeout: float = 1800.0  # a pass running longer is hung: the watchdog stops, /healthz fails
+    log_format: str = "text"
+    api_listen: tuple[str, ...] | None = None  # None: the default socket DATA_DIR/agent.sock; (): no API
 
     def local_repo_path(self) -> Path | None:
         """The fleet repository's directory when it is on this machine (watched for changes)."""
@@ -110,7 +114,16 @@ def load(path: Path | None, environ: Mapping[str, str] | None = None) -> AgentCo
         interval=data.get("interval"), jitter=data.get("jitter"), docker_host=data.get("dockerHost"),
         git_timeout=float(timeouts.get("git", 60.0)), pull_timeout=float(timeouts.get("pull", 600.0)),
         runtime_options=dict(data.get("runtimeOptions") or {}),
+        pass_timeout=float(timeouts.get("pass", 1800.0)), log_format=data.get("logFormat", "text"),
+        api_listen=_listen(data.get("api"), base),
     )
+
+
+def _listen(api: Mapping[str, Any] | None, base: Path) -> tuple[str, ...] | None:
+    """``api.listen`` entries: a unix socket path (relative to the config file) or ``HOST:PORT``."""
+    if api is None or "listen" not in api:
+        return None
+    return tuple(e if not e.startswith(("/", ".")) and ":" in e else str(base / e) for e in api["listen"])
 
 
 def _is_number(value: str) -> bool:

@@ -28,6 +28,7 @@ class Cycle:
     failing: dict[str, str] = field(default_factory=dict)
     drift: list[str] = field(default_factory=list)
     did_work: bool = False
+    pulled_bytes: int = 0  # bytes downloaded from registries in this pass
     push_refused: bool = False  # the server refused the status push: reporting failed, so not Ready
 
     @property

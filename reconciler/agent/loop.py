@@ -11,6 +11,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
@@ -18,6 +19,7 @@ from types import FrameType
 from reconciler.agent import config as agentconfig
 from reconciler.agent.config import AgentConfig
 from reconciler.agent.cycle import Cycle
+from reconciler.agent.liveness import Liveness
 from reconciler.agent.reconcile import Reconciler
 from reconciler.errors import LockHeld, ReconcilerError, Stalled
 
@@ -55,6 +57,25 @@ class Agent:
         self.wake = threading.Event()
         self.config_changed = threading.Event()
         self.failures = 0
+        self.liveness = Liveness(config.pass_timeout)
+        # called with each finished pass (service status line, metrics, the local API's view); never raise
+        self.observers: list[Callable[[Cycle, float], None]] = []
+
+    def run_pass(self) -> Cycle:
+        """One pass, timed and marked for the watchdog, then handed to the observers."""
+        started = time.monotonic()
+        self.liveness.begin()
+        try:
+            cycle = self.reconciler.run_once()
+        finally:
+            self.liveness.end()
+        seconds = time.monotonic() - started
+        for observer in self.observers:
+            try:
+                observer(cycle, seconds)
+            except Exception:  # an observer's bug must not stop the loop that runs the models
+                log.exception("pass observer %r failed", observer)
+        return cycle
 
     def next_wait(self, cycle: Cycle) -> float:
         settings = cycle.desired.settings if cycle.desired else {}
@@ -88,7 +109,7 @@ class Agent:
             if self.config_changed.is_set():
                 self.config_changed.clear()
                 self.reload()
-            cycle = self.reconciler.run_once()
+            cycle = self.run_pass()
             wait = self.next_wait(cycle)
             log.info("next cycle in %.1fs", wait)
             self.wake.wait(wait)

@@ -71,13 +71,15 @@ class Reconciler:
         self._runtimes: dict[str, Runtime] = {}
         self._store: ArtifactStore | None = None
         self.last_cycle: Cycle | None = None
+        self.current: Cycle | None = None  # the pass under way (log lines name its commit)
+        self.last_status: dict[str, object] | None = None  # the last status document built (the local API)
         self._secrets: tuple[str, ...] | None = None
         self.executor = Executor(self.state, config.device, self.data_dir, runtime=self._runtime,
                                  store=self._store_for, mask=self._mask)
 
     # -- the pass ------------------------------------------------------------------------------------------
     def run_once(self) -> Cycle:
-        cycle = Cycle()
+        cycle = self.current = Cycle()
         self._secrets = None
         try:
             for step in (self.fetch, self.verify, self.load, self.pull, self.observe_and_plan, self.execute):
@@ -150,6 +152,7 @@ class Reconciler:
             info = self.state.models.setdefault(m.name, {})
             result = self._store_for().pull(m.artifact, self._client(m.registry, cycle.desired), model=m.name,
                                             version=m.version)
+            cycle.pulled_bytes += result.bytes_downloaded
             if not result.cached:
                 cycle.did_work = True
                 info.setdefault("pulls", {})[m.version] = round(result.seconds, 3)
@@ -198,6 +201,7 @@ class Reconciler:
             observed=self.state.observed_commit, applied=self.state.applied_commit, phase=phase,
             conditions=conditions, models=models, desired=cycle.desired, drift=cycle.drift, now=now,
             pending=self.writer.pending(), push_error=self.state.push_error)
+        self.last_status = doc
         heartbeat = (cycle.desired.settings.get("heartbeatInterval", 3600.0) if cycle.desired else 3600.0)
         previous = self.writer.previous_text()
         due = time.time() - self.state.last_status_commit >= heartbeat
@@ -265,6 +269,10 @@ class Reconciler:
         registry = desired.registries.get(alias) if alias else None
         credential = self.credentials.resolve(registry.credentials_ref) if registry else None
         return RegistryClient(registry, credential, deadline_seconds=self.config.pull_timeout)
+
+    def mask(self, text: str) -> str:
+        """``text`` with the device's secrets replaced by ``***`` (log lines, API answers)."""
+        return self._mask(text)
 
     def _mask(self, text: str) -> str:
         # the secret files are read once per cycle (they may rotate), not once per message

@@ -10,27 +10,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--once", action="store_true",
                         help="one cycle, then exit: 0 when the device ended it Ready, 1 otherwise")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-format", choices=["text", "json"],
+                        help="text, or json: one object per line (default: logFormat of the config, else text)")
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
-    import sys
     from pathlib import Path
 
     from reconciler.agent import config as agentconfig
     from reconciler.agent.loop import Agent, single_instance
+    from reconciler.service.daemon import configure_logging
 
-    logging.basicConfig(level=args.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = agentconfig.load(Path(args.config) if args.config else None)
     with single_instance(config.data_dir):
         agent = Agent(config)
+        configure_logging(agent, args.log_format or config.log_format, args.log_level)
         if args.once:
-            cycle = agent.reconciler.run_once()
+            cycle = agent.run_pass()
             for line in _summary(agent):
                 print(line)
             return 0 if cycle.ready else 1
-        return agent.run()
+        from reconciler.service.daemon import run_service
+
+        return run_service(agent)
 
 
 def _summary(agent: object) -> list[str]:

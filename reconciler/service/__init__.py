@@ -1,0 +1,1 @@
+"""The agent as a system service: the systemd notify protocol and the watchdog, and the log format."""
