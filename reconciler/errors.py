@@ -7,6 +7,7 @@
     │   ├── NotFound                unknown device, model, revision, tag or blob
     │   ├── AuthError               the server refused our credentials (401/403)
     │   ├── IntegrityError          bytes do not match their digest, unsafe archive, tampered file
+    │   │   └── Untrusted           a commit or model not signed by an allowed signer (trust/)
     │   ├── NonFastForward          fetched tip is not a descendant of the last applied commit
     │   ├── PushRejected            the git server refused a ref update
     │   └── RuntimeUnavailable      the configured runtime cannot run here (e.g. no Docker daemon)
@@ -89,6 +90,10 @@ class AuthError(Stalled):
 
 class IntegrityError(Stalled):
     reason = "IntegrityCheckFailed"
+
+
+class Untrusted(IntegrityError):
+    reason = "VerificationFailed"
 
 
 class NonFastForward(Stalled):

@@ -54,6 +54,8 @@ class AgentConfig:
     pass_timeout: float = 1800.0  # a pass running longer is hung: the watchdog stops, /healthz fails
     log_format: str = "text"
     api_listen: tuple[str, ...] | None = None  # None: the default socket DATA_DIR/agent.sock; (): no API
+    allowed_signers: Path | None = None  # trust.allowedSigners: once set, nothing unsigned is applied
+    model_keys: Mapping[str, Path] = field(default_factory=dict)  # trust.modelKeys
 
     def local_repo_path(self) -> Path | None:
         """The fleet repository's directory when it is on this machine (watched for changes)."""
@@ -116,6 +118,8 @@ def load(path: Path | None, environ: Mapping[str, str] | None = None) -> AgentCo
         runtime_options=dict(data.get("runtimeOptions") or {}),
         pass_timeout=float(timeouts.get("pass", 1800.0)), log_format=data.get("logFormat", "text"),
         api_listen=_listen(data.get("api"), base),
+        allowed_signers=p((data.get("trust") or {}).get("allowedSigners")),
+        model_keys={k: base / Path(v).expanduser() for k, v in ((data.get("trust") or {}).get("modelKeys") or {}).items()},
     )
 
 

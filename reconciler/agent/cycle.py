@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import pygit2
 
 from reconciler.agent.plan import Action
 from reconciler.errors import ReconcilerError
 from reconciler.model import DesiredState, Observed, Workload
+
+if TYPE_CHECKING:
+    from reconciler.trust.commits import Verdict
 
 
 @dataclass
@@ -30,6 +34,7 @@ class Cycle:
     did_work: bool = False
     pulled_bytes: int = 0  # bytes downloaded from registries in this pass
     push_refused: bool = False  # the server refused the status push: reporting failed, so not Ready
+    verdict: Verdict | None = None  # the signature check of the range applied (trust configured)
 
     @property
     def ready(self) -> bool:

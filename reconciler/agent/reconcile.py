@@ -1,6 +1,7 @@
 """One reconcile pass of the device agent.
 
-    fetch -> verify (no rewind) -> load desired state -> pull artifacts -> observe + plan -> execute
+    fetch -> verify (no rewind) -> signatures (trust) -> load desired state -> pull artifacts -> observe + plan
+    -> execute
     and, whatever happened, report (status.yaml on status/<device>) and save local state.
 
 Each step takes the pass's ``Cycle`` and either fills it in or raises a ReconcilerError that stops the pass.
@@ -30,6 +31,7 @@ from reconciler.errors import (
     NotFound,
     ReconcilerError,
     Stalled,
+    Untrusted,
 )
 from reconciler.fleet.resolve import render_device
 from reconciler.fleet.source import GitSource
@@ -45,6 +47,7 @@ from reconciler.status.writer import StatusWriter
 __all__ = ["Cycle", "Reconciler", "now_iso"]  # Cycle and now_iso live in cycle.py and executor.py
 
 if TYPE_CHECKING:  # loaded on first pull: the CLI and a no-op pass never import oras or requests
+    from reconciler.agent.trustgate import TrustGate
     from reconciler.artifacts.registry import RegistryClient
     from reconciler.artifacts.store import ArtifactStore
 
@@ -74,6 +77,11 @@ class Reconciler:
         self.current: Cycle | None = None  # the pass under way (log lines name its commit)
         self.last_status: dict[str, object] | None = None  # the last status document built (the local API)
         self._secrets: tuple[str, ...] | None = None
+        self.trust: TrustGate | None = None
+        if config.allowed_signers is not None:
+            from reconciler.agent.trustgate import TrustGate
+
+            self.trust = TrustGate(config)
         self.executor = Executor(self.state, config.device, self.data_dir, runtime=self._runtime,
                                  store=self._store_for, mask=self._mask)
 
@@ -82,7 +90,8 @@ class Reconciler:
         cycle = self.current = Cycle()
         self._secrets = None
         try:
-            for step in (self.fetch, self.verify, self.load, self.pull, self.observe_and_plan, self.execute):
+            for step in (self.fetch, self.verify, self.verify_signatures, self.load, self.pull, self.observe_and_plan,
+                         self.execute):
                 step(cycle)
         except ReconcilerError as exc:
             cycle.error = exc
@@ -117,6 +126,18 @@ class Reconciler:
                 f"fetched {self.config.branch} at {str(cycle.target)[:12]} is not a descendant of the applied "
                 f"commit {str(applied)[:12]}: refusing to rewind; keeps running {str(applied)[:12]}")
             cycle.target = applied
+
+    def verify_signatures(self, cycle: Cycle) -> None:
+        """With ``trust``, every commit from the applied one to the target is signed by an allowed signer."""
+        applied = self._applied_oid()
+        if self.trust is None or cycle.target is None or cycle.target == applied:
+            return
+        cycle.verdict = self.trust.check(self.mirror.repo, applied, cycle.target)
+        if not cycle.verdict.ok:
+            refused = Untrusted(cycle.verdict.message())
+            if applied is None:
+                raise refused
+            cycle.blocked, cycle.target = refused, applied
 
     def load(self, cycle: Cycle) -> None:
         assert cycle.target is not None
@@ -190,7 +211,8 @@ class Reconciler:
                                  failing=cycle.failing,
                                  target=str(cycle.target) if cycle.target else None,
                                  applied=self.state.applied_commit,
-                                 push_error=self.state.push_error, push_refused=self.state.push_refused)
+                                 push_error=self.state.push_error, push_refused=self.state.push_refused,
+                                 verified=self._verified(cycle))
         phase, conditions = summarizer.summarize(facts, self.state.conditions, now)
         self.state.conditions = summarizer.as_mapping(conditions)
         for c in conditions:
@@ -224,6 +246,15 @@ class Reconciler:
             self.state.save(self.data_dir)
 
     # -- helpers -------------------------------------------------------------------------------------------
+    def _verified(self, cycle: Cycle) -> tuple[str, str, str] | None:
+        if self.trust is None:
+            return None
+        try:
+            applied = self.trust.applied_check(self.mirror.repo, self.state.applied_commit)
+        except ReconcilerError as exc:  # the anchor itself is unreadable: said in Ready too
+            return ("False", exc.reason, str(exc).splitlines()[0])
+        return self.trust.condition(cycle.verdict, self.state.conditions, applied)
+
     def _applied_oid(self) -> pygit2.Oid | None:
         if not self.state.applied_commit:
             return None

@@ -18,6 +18,7 @@ class Facts:
     failing: Mapping[str, str] = field(default_factory=dict)  # model -> why it does not run as desired
     target: str | None = None
     applied: str | None = None
+    verified: tuple[str, str, str] | None = None  # the Verified condition (status, reason, message), with trust
 
 
 def summarize(facts: Facts, previous: Mapping[str, Mapping[str, str]], now: str
@@ -52,6 +53,8 @@ def summarize(facts: Facts, previous: Mapping[str, Mapping[str, str]], now: str
         wanted["Connected"] = ("False", facts.fetch_error.reason, _one_line(facts.fetch_error, "working offline"))
     else:
         wanted["Connected"] = ("True", "FetchSucceeded", "")
+    if facts.verified is not None:
+        wanted["Verified"] = facts.verified
     if facts.push_refused:
         wanted["StatusReported"] = ("False", "PushRejected", facts.push_error or "")
     elif facts.push_error:

@@ -1,0 +1,3 @@
+from tests.trust.signing import keys
+
+__all__ = ["keys"]
