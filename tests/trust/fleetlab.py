@@ -30,7 +30,8 @@ class FleetLab:
     root: Path
     url: str  # where the device fetches (file:// path or ssh URL)
     device: str = "dev1"
-    extra: dict[str, object] | None = None
+    extra: dict[str, object] | None = None  # agent config keys to set (e.g. repo with sshKey)
+    push_env: dict[str, str] | None = None  # e.g. GIT_SSH_COMMAND for a gitolite server
 
     @property
     def work(self) -> Path:
@@ -54,14 +55,14 @@ class FleetLab:
                           "initial fleet", key, push=False)
         if push:
             run_git(self.work, "remote", "add", "origin", self.url)
-            run_git(self.work, "push", "-q", "origin", "main")
+            run_git(self.work, "push", "-q", "origin", "main", env=self.push_env)
         return sha
 
     def commit(self, files: dict[str, str | None], message: str, key: Key | None, push: bool = True,
                force: bool = False) -> str:
         sha = signed_commit(self.work, files, message, key)
         if push:
-            run_git(self.work, "push", "-q", *(["--force"] if force else []), "origin", "main")
+            run_git(self.work, "push", "-q", *(["--force"] if force else []), "origin", "main", env=self.push_env)
         return sha
 
     def trust(self, lines: list[str]) -> None:

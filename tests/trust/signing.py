@@ -26,7 +26,7 @@ class Key:
 
 def make_key(directory: Path, principal: str, keytype: str = "ed25519") -> Key:
     path = directory / principal.split("@")[0]
-    bits = {"rsa": ["-b", "3072"], "ecdsa": ["-b", "256"]}.get(keytype, [])
+    bits = {"rsa": ["-b", "2048"], "ecdsa": ["-b", "256"]}.get(keytype, [])
     subprocess.run(["ssh-keygen", "-q", "-t", keytype, *bits, "-N", "", "-C", principal, "-f", str(path)],
                    check=True)
     return Key(principal, path)
