@@ -29,6 +29,7 @@ COMMANDS: dict[str, str] = {
     "status": "One row per device from the status branches.",
     "history": "Desired and observed changes of a device or model, merged in time order.",
     "verify": "Check that every commit in BASE..HEAD is signed by an allowed signer within its path scope.",
+    "beacon": "Write the change beacon devices poll instead of git (server side).",
 }
 
 

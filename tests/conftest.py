@@ -11,6 +11,7 @@ pytest_plugins = [
     "tests.services.registry",
     "tests.services.gitserver",
     "tests.services.dockerd",
+    "tests.services.webserver",
 ]
 
 ROOT = Path(__file__).resolve().parent.parent

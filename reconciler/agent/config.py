@@ -30,6 +30,27 @@ ENV = {
     "RECONCILER_LOG_FORMAT": ("logFormat",),
 }
 _NUMBERS = {"interval", "jitter"}
+DEFAULT_FULL_FETCH_EVERY = 10
+
+
+@dataclass(frozen=True)
+class RepoAccess:
+    """A repository other than the fleet repo the agent talks to (``statusRepo``), and how."""
+
+    url: str
+    ssh_key: Path | None = None
+    known_hosts: Path | None = None
+    token_file: Path | None = None
+    username: str = "git"
+
+
+@dataclass(frozen=True)
+class Beacon:
+    """``repo.beacon``: where the fleet branch's tip is announced, and how often to fetch regardless."""
+
+    url: str
+    full_fetch_every: int = DEFAULT_FULL_FETCH_EVERY
+    timeout: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -56,6 +77,9 @@ class AgentConfig:
     api_listen: tuple[str, ...] | None = None  # None: the default socket DATA_DIR/agent.sock; (): no API
     allowed_signers: Path | None = None  # trust.allowedSigners: once set, nothing unsigned is applied
     model_keys: Mapping[str, Path] = field(default_factory=dict)  # trust.modelKeys
+    status_repo: RepoAccess | None = None  # None: status branches go to the fleet repo
+    mirrors: tuple[str, ...] = ()  # read-only fleet repo mirrors, tried before repo_url
+    beacon: Beacon | None = None
 
     def local_repo_path(self) -> Path | None:
         """The fleet repository's directory when it is on this machine (watched for changes)."""
@@ -101,10 +125,20 @@ def load(path: Path | None, environ: Mapping[str, str] | None = None) -> AgentCo
     def p(value: str | None) -> Path | None:
         return (base / Path(value).expanduser()) if value else None
 
+    def location(url: str) -> str:
+        return url if is_url(url) else str(base / Path(url).expanduser())
+
     repo = data["repo"]
-    url = repo["url"]
-    if not is_url(url):
-        url = str(base / Path(url).expanduser())
+    url = location(repo["url"])
+    status = data.get("statusRepo")
+    status_repo = None if status is None else RepoAccess(
+        url=location(status["url"]), ssh_key=p(status.get("sshKey") or repo.get("sshKey")),
+        known_hosts=p(status.get("knownHosts") or repo.get("knownHosts")),
+        token_file=p(status.get("tokenFile") or repo.get("tokenFile")),
+        username=status.get("username") or repo.get("username", "git"))
+    beacon = repo.get("beacon")
+    if isinstance(beacon, str):
+        beacon = {"url": beacon}
     timeouts = data.get("timeouts") or {}
     return AgentConfig(
         path=path, device=data["device"], repo_url=url, data_dir=p(data["dataDir"]) or base,
@@ -120,6 +154,10 @@ def load(path: Path | None, environ: Mapping[str, str] | None = None) -> AgentCo
         api_listen=_listen(data.get("api"), base),
         allowed_signers=p((data.get("trust") or {}).get("allowedSigners")),
         model_keys={k: base / Path(v).expanduser() for k, v in ((data.get("trust") or {}).get("modelKeys") or {}).items()},
+        status_repo=status_repo, mirrors=tuple(location(m) for m in repo.get("mirrors") or ()),
+        beacon=None if beacon is None else Beacon(
+            beacon["url"], int(beacon.get("fullFetchEvery", DEFAULT_FULL_FETCH_EVERY)),
+            float(beacon.get("timeout", 5.0))),
     )
 
 

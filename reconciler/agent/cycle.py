@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import pygit2
 
 from reconciler.agent.plan import Action
+from reconciler.agent.poll import Polled
 from reconciler.errors import ReconcilerError
 from reconciler.model import DesiredState, Observed, Workload
 
@@ -20,6 +21,7 @@ class Cycle:
     """What one pass learned; the summarizer turns it into phase and conditions."""
 
     tip: pygit2.Oid | None = None
+    polled: Polled | None = None  # where the tip came from (beacon, a mirror, the origin)
     target: pygit2.Oid | None = None  # the commit whose desired state this pass applies
     key: str | None = None
     desired: DesiredState | None = None

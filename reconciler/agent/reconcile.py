@@ -23,6 +23,7 @@ from reconciler.agent.config import AgentConfig
 from reconciler.agent.cycle import Cycle
 from reconciler.agent.executor import Executor, now_iso
 from reconciler.agent.plan import plan
+from reconciler.agent.poll import Poller
 from reconciler.agent.state import AgentState
 from reconciler.credentials import CredentialStore, mask
 from reconciler.errors import (
@@ -65,7 +66,8 @@ class Reconciler:
                        username=config.username)
         self.mirror = FleetMirror(self.data_dir / "fleet.git", config.repo_url, config.branch, auth,
                                   timeout=config.git_timeout)
-        self.writer = StatusWriter(self.mirror, config.device)
+        self.poller = Poller(self.mirror, config.mirrors, config.beacon)
+        self.writer = StatusWriter(self._status_mirror(auth), config.device)
         self.credentials = CredentialStore(config.credentials)
         self.state = AgentState.load(self.data_dir)
         self.cache = ParseCache(limit=20_000)
@@ -104,7 +106,8 @@ class Reconciler:
     # -- steps ---------------------------------------------------------------------------------------------
     def fetch(self, cycle: Cycle) -> None:
         try:
-            cycle.tip = self.mirror.fetch()
+            cycle.polled = self.poller.poll()
+            cycle.tip = cycle.polled.tip
             self.state.observed_commit = str(cycle.tip)
         except ReconcilerError as exc:
             cycle.fetch_error = exc
@@ -222,7 +225,8 @@ class Reconciler:
             device=self.config.device, runtime=str(cycle.desired.config.get("runtime")) if cycle.desired else None,
             observed=self.state.observed_commit, applied=self.state.applied_commit, phase=phase,
             conditions=conditions, models=models, desired=cycle.desired, drift=cycle.drift, now=now,
-            pending=self.writer.pending(), push_error=self.state.push_error)
+            pending=self.writer.pending(), push_error=self.state.push_error,
+            fetch=cycle.polled.to_status() if cycle.polled else None)
         self.last_status = doc
         heartbeat = (cycle.desired.settings.get("heartbeatInterval", 3600.0) if cycle.desired else 3600.0)
         previous = self.writer.previous_text()
@@ -254,6 +258,16 @@ class Reconciler:
         except ReconcilerError as exc:  # the anchor itself is unreadable: said in Ready too
             return ("False", exc.reason, str(exc).splitlines()[0])
         return self.trust.condition(cycle.verdict, self.state.conditions, applied)
+
+    def _status_mirror(self, fleet_auth: GitAuth) -> FleetMirror:
+        """The repository status goes to: the fleet repo's mirror, or a bare clone of ``statusRepo``."""
+        access = self.config.status_repo
+        if access is None:
+            return self.mirror
+        auth = GitAuth(ssh_key=access.ssh_key, known_hosts=access.known_hosts, token_file=access.token_file,
+                       username=access.username)
+        return FleetMirror(self.data_dir / "status.git", access.url, self.config.branch, auth,
+                           timeout=self.config.git_timeout)
 
     def _applied_oid(self) -> pygit2.Oid | None:
         if not self.state.applied_commit:

@@ -1,5 +1,10 @@
 """The agent's local state: what it applied and runs, written atomically so a power cut leaves the old file or
-the new one (temp file, fsync, rename, fsync the directory)."""
+the new one (temp file, fsync, rename, fsync the directory).
+
+Written only when something other than the sampled performance figures changed: a no-op cycle (the common
+case, every minute for years) must not wear the device's flash with a rewrite and two fsyncs.  CPU and
+memory samples move every cycle; the status document carries them, and after a restart the next sample
+replaces whatever the file held."""
 
 from __future__ import annotations
 
@@ -32,16 +37,20 @@ class AgentState:
     last_status_commit: float = 0.0
     push_error: str | None = None
     push_refused: bool = False
+    # what the file holds, without the sampled figures (see _durable): not state, never saved or compared
+    _saved: str | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def load(cls, data_dir: Path) -> AgentState:
         path = data_dir / STATE_FILE
         try:
-            raw = json.loads(path.read_text())
+            raw = json.loads(path.read_bytes())
         except FileNotFoundError:
             return cls()
         except (OSError, ValueError):
             # unreadable state is not fatal: the runtimes' own marks let the next cycle adopt what runs
+            return cls()
+        if not isinstance(raw, dict):
             return cls()
         return cls(
             applied_commit=raw.get("appliedCommit"), applied_key=raw.get("appliedKey"),
@@ -49,7 +58,7 @@ class AgentState:
             failed=raw.get("failed") or {}, detectors=raw.get("detectors") or {},
             conditions=raw.get("conditions") or {}, runtimes=raw.get("runtimes") or [],
             last_status_commit=float(raw.get("lastStatusCommit") or 0.0), push_error=raw.get("pushError"),
-            push_refused=bool(raw.get("pushRefused")),
+            push_refused=bool(raw.get("pushRefused")), _saved=_durable(raw),
         )
 
     def save(self, data_dir: Path) -> None:
@@ -59,4 +68,23 @@ class AgentState:
             "detectors": self.detectors, "conditions": self.conditions, "runtimes": self.runtimes,
             "lastStatusCommit": self.last_status_commit, "pushError": self.push_error, "pushRefused": self.push_refused,
         }
+        durable = _durable(doc)
+        if durable == self._saved and (data_dir / STATE_FILE).exists():
+            return
         write_atomic(data_dir / STATE_FILE, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+        self._saved = durable
+
+
+SAMPLED = ("cpuPercent", "memoryBytes")  # performance figures sampled anew every cycle
+
+
+def _durable(doc: dict[str, Any]) -> str:
+    """The state document without the sampled figures, as one comparable string."""
+    models = {}
+    for name, info in (doc.get("models") or {}).items():
+        info = dict(info)
+        perf = info.get("performance")
+        if isinstance(perf, dict):
+            info["performance"] = {k: v for k, v in perf.items() if k not in SAMPLED}
+        models[name] = info
+    return json.dumps({**doc, "models": models}, sort_keys=True)

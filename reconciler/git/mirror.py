@@ -11,6 +11,7 @@ Remote-tracking refs mirror what the server advertised at the last fetch: ``refs
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import sys
 import urllib.parse
 from collections.abc import Iterable, Sequence
@@ -21,6 +22,7 @@ from typing import Any
 import pygit2
 
 from reconciler.errors import AuthError, DeadlineExceeded, NotFound, PushRejected, Transient
+from reconciler.git.fetch import fetch_quietly, silence_fetch_head
 from reconciler.git.knownhosts import verify_host_key
 from reconciler.git.location import is_url
 from reconciler.git.nodelay import tcp_nodelay
@@ -192,6 +194,7 @@ class FleetMirror:
         else:
             self.path.mkdir(parents=True, exist_ok=True)
             self.repo = pygit2.init_repository(str(self.path), bare=True)
+        silence_fetch_head(self.path)
         if REMOTE in self.repo.remotes.names():
             if self.repo.remotes[REMOTE].url != self.url:
                 self.repo.remotes.set_url(REMOTE, self.url)
@@ -227,7 +230,7 @@ class FleetMirror:
         specs = [f"+{r}:{tracking_ref(r)}" for r in refs]
         try:
             with self._connection():
-                remote.fetch(specs, callbacks=callbacks, prune=pygit2.enums.FetchPrune.NO_PRUNE)
+                fetch_quietly(remote, specs, callbacks, pygit2.enums.FetchPrune.NO_PRUNE)
             heads = {h.name: h.oid for h in remote.list_heads(connect=False)}
         except pygit2.GitError as exc:
             raise _translate(exc, self.url, "fetch") from None
@@ -238,12 +241,33 @@ class FleetMirror:
             result[ref] = oid
         return result
 
+    def fetch_from(self, url: str) -> pygit2.Oid:
+        """Fetch the fleet branch from a read-only mirror at ``url`` (same credentials and host-key file) to
+        ``refs/mirrors/<id>/<branch>``, leaving origin's tracking refs alone; return the mirror's tip."""
+        url = _normalize_url(url)
+        self._apply_timeouts()
+        key = hashlib.sha256(redact(url).encode()).hexdigest()[:12]
+        local = f"refs/mirrors/{key}/{self.branch}"
+        port = _network_port(url)
+        try:
+            remote = self.repo.remotes.create_anonymous(url)
+            with contextlib.nullcontext() if port is None else tcp_nodelay(port):
+                fetch_quietly(remote, [f"+{self.branch_ref}:{local}"], _Callbacks(url, self.auth),
+                              pygit2.enums.FetchPrune.NO_PRUNE)
+            heads = {h.name: h.oid for h in remote.list_heads(connect=False)}
+        except pygit2.GitError as exc:
+            raise _translate(exc, url, "fetch") from None
+        tip = heads.get(self.branch_ref)
+        if tip is None or tip not in self.repo:
+            raise NotFound(f"{redact(url)}: branch {self.branch!r} not found")
+        return tip
+
     def fetch_all(self) -> None:
         """Fetch every branch the server advertises (the remote's own refspec), pruning deleted ones."""
         remote = self._remote()
         try:
             with self._connection():
-                remote.fetch(callbacks=_Callbacks(self.url, self.auth), prune=pygit2.enums.FetchPrune.PRUNE)
+                fetch_quietly(remote, None, _Callbacks(self.url, self.auth), pygit2.enums.FetchPrune.PRUNE)
         except pygit2.GitError as exc:
             raise _translate(exc, self.url, "fetch") from None
 

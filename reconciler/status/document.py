@@ -14,7 +14,7 @@ from reconciler.model import DesiredState
 # Fields whose change alone is not worth a commit: they move with every cycle or with every fleet commit,
 # even one that changes nothing on this device (ten thousand devices would each commit for it).  Heartbeats
 # and the next real change carry them.
-VOLATILE = ("lastSeen", "push", "observedCommit", "appliedCommit")
+VOLATILE = ("lastSeen", "push", "observedCommit", "appliedCommit", "fetch")
 VOLATILE_PERF = ("memoryBytes", "cpuPercent")
 # libyaml: every cycle renders its document and compares it with the previous one (pure-Python yaml took
 # half of a no-op cycle's own time)
@@ -24,7 +24,7 @@ _Dumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 def build(*, device: str, runtime: str | None, observed: str | None, applied: str | None, phase: str,
           conditions: list[dict[str, str]], models: Mapping[str, Mapping[str, Any]],
           desired: DesiredState | None, drift: list[str], now: str, pending: int,
-          push_error: str | None) -> dict[str, Any]:
+          push_error: str | None, fetch: Mapping[str, Any] | None = None) -> dict[str, Any]:
     running_versions = {m: str(info.get("version")) for m, info in models.items()}
     doc: dict[str, Any] = {
         "apiVersion": "fleet/v1",
@@ -42,6 +42,8 @@ def build(*, device: str, runtime: str | None, observed: str | None, applied: st
         "lastSeen": now,
         "push": {"pending": pending, "lastError": push_error},
     }
+    if fetch is not None:
+        doc["fetch"] = dict(fetch)
     for name in sorted(models):
         info = models[name]
         entry: dict[str, Any] = {

@@ -4,6 +4,9 @@ cache bare repo (every branch, ``status/*`` included).
 A local repository may hold a status branch twice: ``refs/heads/status/<device>`` (a device's own data dir,
 with commits queued for push) and ``refs/remotes/origin/status/<device>`` (what the server had at the last
 fetch).  The newer one counts: the descendant when one contains the other, else the later commit.
+
+Status branches may live in a repository of their own (the agent's ``statusRepo``): ``status_repo`` is then
+where they are read, and the fleet repository's own ``status/*`` branches, if any, are ignored.
 """
 
 from __future__ import annotations
@@ -44,6 +47,12 @@ class FleetRepo:
     branch: str
     subdir: str
     label: str  # the path or the URL (without password) to name in messages
+    status_repo: pygit2.Repository | None = None  # a separate status repository; None: ``repo`` holds them
+
+    @property
+    def statuses(self) -> pygit2.Repository:
+        """The repository that holds the status branches (and their commits)."""
+        return self.status_repo if self.status_repo is not None else self.repo
 
     def main_tip(self) -> pygit2.Oid:
         tip = self._newest(f"{_HEADS}{self.branch}", f"{_REMOTES}{self.branch}")
@@ -55,7 +64,7 @@ class FleetRepo:
         """device -> tip of its status branch (the newer of the local and remote-tracking refs)."""
         heads: dict[str, pygit2.Oid] = {}
         tracked: dict[str, pygit2.Oid] = {}
-        for ref in self.repo.references.iterator():
+        for ref in self.statuses.references.iterator():
             name, target = ref.name, ref.target
             if not isinstance(target, pygit2.Oid):
                 continue  # a symbolic ref (origin/HEAD) names a branch listed on its own
@@ -68,27 +77,31 @@ class FleetRepo:
         return tips
 
     def status_tip(self, device: str) -> pygit2.Oid | None:
-        return self._newest(f"{_HEADS}{STATUS_PREFIX}{device}", f"{_REMOTES}{STATUS_PREFIX}{device}")
+        return self._newest(f"{_HEADS}{STATUS_PREFIX}{device}", f"{_REMOTES}{STATUS_PREFIX}{device}",
+                            self.statuses)
 
-    def _newest(self, local: str, tracking: str) -> pygit2.Oid | None:
-        return self._pick(self._target(local), self._target(tracking))
+    def _newest(self, local: str, tracking: str, repo: pygit2.Repository | None = None) -> pygit2.Oid | None:
+        repo = self.repo if repo is None else repo
+        return self._pick(self._target(local, repo), self._target(tracking, repo), repo)
 
-    def _target(self, name: str) -> pygit2.Oid | None:
-        ref = self.repo.references.get(name)
+    def _target(self, name: str, repo: pygit2.Repository) -> pygit2.Oid | None:
+        ref = repo.references.get(name)
         if ref is None:
             return None
         target = ref.resolve().target
-        return target if isinstance(target, pygit2.Oid) and target in self.repo else None
+        return target if isinstance(target, pygit2.Oid) and target in repo else None
 
-    def _pick(self, a: pygit2.Oid | None, b: pygit2.Oid | None) -> pygit2.Oid | None:
+    def _pick(self, a: pygit2.Oid | None, b: pygit2.Oid | None,
+              repo: pygit2.Repository | None = None) -> pygit2.Oid | None:
+        repo = self.statuses if repo is None else repo
         if a is None or b is None or a == b:
             return a or b
         try:
-            if self.repo.descendant_of(a, b):
+            if repo.descendant_of(a, b):
                 return a
-            if self.repo.descendant_of(b, a):
+            if repo.descendant_of(b, a):
                 return b
-            ta, tb = self.repo[a].peel(pygit2.Commit).commit_time, self.repo[b].peel(pygit2.Commit).commit_time
+            ta, tb = repo[a].peel(pygit2.Commit).commit_time, repo[b].peel(pygit2.Commit).commit_time
         except (KeyError, ValueError, pygit2.GitError):
             return a
         return a if ta >= tb else b
@@ -102,14 +115,27 @@ def open_fleet_repo(
     auth: GitAuth | None = None,
     cache_dir: Path | None = None,
     timeout: float = 60,
+    status_location: str | None = None,
 ) -> FleetRepo:
-    """Open a local path in place, or fetch a remote URL (all branches, pruned) into ``cache_dir``."""
+    """Open a local path in place, or fetch a remote URL (all branches, pruned) into ``cache_dir``; the same
+    for ``status_location``, the status repository, when the status branches live in one of their own."""
+    repo, label = _open(location, branch, auth, cache_dir, timeout)
+    status_repo = None
+    if status_location is not None:
+        status_cache = None if cache_dir is None else cache_dir.with_name(cache_dir.name + "-status")
+        status_repo, status_label = _open(status_location, branch, auth, status_cache, timeout)
+        label = f"{label} (status: {status_label})"
+    return FleetRepo(repo, branch, subdir.strip("/"), label, status_repo)
+
+
+def _open(location: str, branch: str, auth: GitAuth | None, cache_dir: Path | None,
+          timeout: float) -> tuple[pygit2.Repository, str]:
     if not is_remote(location):
-        return FleetRepo(_open_local(location), branch, subdir.strip("/"), location)
+        return _open_local(location), location
     mirror = FleetMirror(cache_dir or default_cache_dir(location), location, branch, auth or GitAuth(),
                          timeout=timeout)
     mirror.fetch_all()
-    return FleetRepo(mirror.repo, branch, subdir.strip("/"), redact(mirror.url))
+    return mirror.repo, redact(mirror.url)
 
 
 def _open_local(location: str) -> pygit2.Repository:

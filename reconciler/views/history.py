@@ -237,7 +237,7 @@ def desired_for_model(fleet: FleetRepo, model: str, since: datetime | None = Non
 def observed(fleet: FleetRepo, device: str, model: str | None = None,
              since: datetime | None = None) -> Iterator[Event]:
     """Status commits of ``device`` that changed what it ran (only ``model``'s lines when given)."""
-    repo = fleet.repo
+    repo = fleet.statuses
     tip = fleet.status_tip(device)
     if tip is None:
         return

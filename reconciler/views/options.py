@@ -24,6 +24,9 @@ def add_repo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--path", default="", metavar="SUBDIR", help="where the fleet files live in the repo")
     parser.add_argument("--ssh-key", type=Path, help="private key for ssh URLs")
     parser.add_argument("--known-hosts", type=Path, help="verify the ssh server against this known_hosts file")
+    parser.add_argument("--status-repo", metavar="URL|PATH",
+                        help="the repository holding the status branches, when the agents' statusRepo puts them "
+                             "in one of their own (default: the fleet repo)")
     parser.add_argument("--cache-dir", type=Path,
                         help="bare repo that caches a remote URL (default: ~/.cache/reconciler/views/...)")
 
@@ -33,7 +36,8 @@ def open_from_args(args: argparse.Namespace) -> FleetRepo:
     from reconciler.views.fleetrepo import open_fleet_repo
 
     auth = GitAuth(ssh_key=args.ssh_key, known_hosts=args.known_hosts)
-    return open_fleet_repo(args.repo, branch=args.branch, subdir=args.path, auth=auth, cache_dir=args.cache_dir)
+    return open_fleet_repo(args.repo, branch=args.branch, subdir=args.path, auth=auth, cache_dir=args.cache_dir,
+                           status_location=getattr(args, "status_repo", None))
 
 
 def parse_since(value: str) -> datetime:

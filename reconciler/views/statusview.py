@@ -135,8 +135,8 @@ class StatusView:
         in_fleet = device in self.fleet_devices
         if tip is None:
             return DeviceRow(device, False, in_fleet, None, None, "never seen", None, (), None, None, False, None, None)
-        commit = self.repo[tip].peel(pygit2.Commit)
-        snap = snapshot.read(self.repo, commit, device)
+        commit = self.fleet.statuses[tip].peel(pygit2.Commit)
+        snap = snapshot.read(self.fleet.statuses, commit, device)
         committed = datetime.fromtimestamp(commit.commit_time, UTC)
         # the device's own heartbeat time; the commit time (same clock) only when the file lacks it
         last_seen = snap.last_seen or committed
