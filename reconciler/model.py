@@ -116,6 +116,7 @@ class RegistryConfig:
     skip_tls_verify: bool = False
     plain_http: bool = False
     ca_file: str | None = None
+    mirrors: tuple[str, ...] = ()  # host[:port] of mirrors (pull-through caches), tried first
 
     @property
     def address(self) -> str:

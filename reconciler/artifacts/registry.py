@@ -27,6 +27,7 @@ from reconciler.artifacts.manifest import (
     Manifest,
     parse_manifest,
 )
+from reconciler.artifacts.mirrors import Mirrors, drop
 from reconciler.artifacts.reference import Reference
 from reconciler.artifacts.session import OrasSession, is_loopback
 from reconciler.artifacts.sink import BlobSink
@@ -64,6 +65,8 @@ class RegistryClient:
         self._clients: dict[str, OrasSession] = {}
         self._lock = threading.Lock()
         self._local = threading.local()
+        self.mirrors: Mirrors[RegistryClient] = Mirrors(registry, lambda config: RegistryClient(config, None, deadline_seconds=deadline_seconds,
+                                                                       max_attempts=1))
 
     # -- transport --------------------------------------------------------------------------------
 
@@ -148,7 +151,11 @@ class RegistryClient:
     # -- operations -------------------------------------------------------------------------------
 
     def get_manifest(self, ref: Reference) -> Manifest:
-        """Fetch and parse the manifest; a pinned reference must match its digest byte for byte."""
+        """Fetch and parse the manifest (a pinned one through the mirrors first); a pinned reference must match
+        its digest byte for byte."""
+        served, manifest = self.mirrors.first(ref, ref.digest, lambda client, at: client.get_manifest(at))
+        if served and manifest is not None:
+            return manifest
         what = f"manifest {ref}"
 
         def once() -> Manifest:
@@ -184,6 +191,11 @@ class RegistryClient:
             fetched[0] += n
             if progress is not None:
                 progress(n)
+
+        served, _ = self.mirrors.first(ref, desc.digest, lambda client, at: client.download_blob(at, desc, ingest, count),
+                                       cleanup=drop(ingest))
+        if served:
+            return fetched[0]
 
         self._retrying(what, ref, lambda: self._download_once(ref, desc, ingest, count, what))
         return fetched[0]

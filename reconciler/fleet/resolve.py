@@ -63,7 +63,8 @@ class Resolver:
         self.require_digests = bool((fleet_spec.get("policy") or {}).get("requireDigests", True))
         self.registries = {
             alias: RegistryConfig(alias, r["host"], r.get("port"), r.get("credentialsRef"),
-                                  bool(r.get("skipTLSVerify", False)), bool(r.get("plainHTTP", False)), r.get("caFile"))
+                                  bool(r.get("skipTLSVerify", False)), bool(r.get("plainHTTP", False)), r.get("caFile"),
+                                  tuple(r.get("mirrors") or ()))
             for alias, r in (fleet_spec.get("registries") or {}).items()
         }
         self.defaults: dict[str, Any] = dict(fleet_spec.get("defaults") or {})

@@ -119,8 +119,10 @@ def _htpasswd(path: Path, username: str, password: str) -> None:
 
 @contextmanager
 def run_registry(workdir: Path, *, auth: bool = False, tls: bool = False,
-                 token_auth: TokenAuthSettings | None = None) -> Iterator[RegistryServer]:
+                 token_auth: TokenAuthSettings | None = None, proxy: str | None = None) -> Iterator[RegistryServer]:
     """Start ``docker-registry serve`` on 127.0.0.1 with a random port; stop it on exit.
+
+    ``proxy`` (a registry URL) makes it a pull-through cache of that registry (``proxy.remoteurl``).
 
     ``token_auth`` makes the registry demand bearer tokens from that realm (its issuer must accept
     USERNAME/PASSWORD, which the server then advertises as its credentials)."""
@@ -157,6 +159,8 @@ def run_registry(workdir: Path, *, auth: bool = False, tls: bool = False,
     elif token_auth is not None:
         lines += ["auth:", "  token:", f"    realm: {token_auth.realm}", f"    service: {token_auth.service}",
                   f"    issuer: {token_auth.issuer}", f"    rootcertbundle: {token_auth.rootcertbundle}"]
+    if proxy is not None:
+        lines += ["proxy:", f"  remoteurl: {proxy}"]
     config = workdir / "registry.yml"
     config.write_text("\n".join(lines) + "\n")
     access_log = workdir / "access.log"
