@@ -8,7 +8,8 @@ the mirrors in order, then from the origin.
            the origin last, used as it answers (the pass's fast-forward check guards what is applied)
 
 Beacon and mirrors are untrusted: neither can make a device apply something the origin would not give it,
-because the pass still refuses a rewind and validates the commit.  A broken beacon costs at most
+because the pass still refuses a rewind, checks signatures (``trust``) and validates the commit; history a
+mirror served and the pass refused is passed over on that mirror from then on.  A broken beacon costs at most
 ``fullFetchEvery`` cycles of delay; a lying mirror costs a fetch from the next source.
 """
 
@@ -25,6 +26,10 @@ from reconciler.agent.config import Beacon
 from reconciler.beacon.client import BeaconClient
 from reconciler.errors import ReconcilerError, Transient
 from reconciler.git.mirror import FleetMirror
+
+
+REFUSED = "refs/reconciler/refused/"
+KEEP_REFUSED = 16
 
 
 def public(url: str) -> str:
@@ -55,6 +60,9 @@ class Poller:
         self._since_fetch = 0
         self._tip: pygit2.Oid | None = None  # fetched in this process: a restart begins with a real fetch
         self._absent: str | None = None  # a commit id the beacon named and a real fetch did not bring
+        # tips a mirror served that the pass refused (unsigned, rewind), kept as refs so a restart knows them
+        self._refused = [r.target for r in self.mirror.repo.references.iterator()
+                         if r.name.startswith(REFUSED) and isinstance(r.target, pygit2.Oid)]
 
     def poll(self) -> Polled:
         notes: list[str] = []
@@ -76,6 +84,18 @@ class Poller:
         self._absent = want if want is not None and not self._contains(tip, want) else None
         return Polled(tip, source, tuple(notes))
 
+    def refuse(self, polled: Polled) -> None:
+        """The pass refused what ``polled`` brought: if a mirror served it, pass that history over from now on
+        (the origin is asked instead), so a mirror cannot hold a device on a commit it will never apply."""
+        if polled.source in (public(self.mirror.url), "beacon") or polled.tip in self._refused:
+            return
+        for old in self._refused[:-(KEEP_REFUSED - 1)]:
+            with contextlib.suppress(KeyError, pygit2.GitError):
+                self.mirror.repo.references.delete(f"{REFUSED}{old}")
+        self._refused = [*self._refused[-(KEEP_REFUSED - 1):], polled.tip]
+        self.mirror.repo.references.create(f"{REFUSED}{polled.tip}", polled.tip, force=True)
+        self._tip = None  # the next cycle fetches for real, whatever the beacon says
+
     def _fetch(self, want: str | None, notes: list[str]) -> tuple[pygit2.Oid, str]:
         for url in self.mirrors:
             self.fetches += 1
@@ -93,6 +113,9 @@ class Poller:
 
     def _judge(self, tip: pygit2.Oid, want: str | None) -> str | None:
         """Why a mirror's tip is not good enough, or None when it is."""
+        for bad in self._refused:
+            if self.mirror.is_descendant(tip, bad):
+                return f"serves {str(bad)[:12]}, which this device refused: not used"
         if want is not None and not self._contains(tip, want):
             return f"does not have {want[:12]} yet (at {str(tip)[:12]})"
         have = self._tip

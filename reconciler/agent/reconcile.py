@@ -125,6 +125,8 @@ class Reconciler:
         if applied is None or cycle.target is None or cycle.target == applied:
             return
         if not self.mirror.is_descendant(cycle.target, applied):
+            if cycle.polled is not None:
+                self.poller.refuse(cycle.polled)
             cycle.blocked = NonFastForward(
                 f"fetched {self.config.branch} at {str(cycle.target)[:12]} is not a descendant of the applied "
                 f"commit {str(applied)[:12]}: refusing to rewind; keeps running {str(applied)[:12]}")
@@ -137,6 +139,8 @@ class Reconciler:
             return
         cycle.verdict = self.trust.check(self.mirror.repo, applied, cycle.target)
         if not cycle.verdict.ok:
+            if cycle.polled is not None:
+                self.poller.refuse(cycle.polled)  # a mirror that served it is not asked for it again
             refused = Untrusted(cycle.verdict.message())
             if applied is None:
                 raise refused
