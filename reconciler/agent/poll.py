@@ -27,7 +27,6 @@ from reconciler.beacon.client import BeaconClient
 from reconciler.errors import ReconcilerError, Transient
 from reconciler.git.mirror import FleetMirror
 
-
 REFUSED = "refs/reconciler/refused/"
 KEEP_REFUSED = 16
 
