@@ -32,6 +32,28 @@ Loader.add_constructor(_TIMESTAMP, _Base.construct_yaml_str)
 
 Path_ = tuple[str | int, ...]
 
+MAX_FILE_BYTES = 1024 * 1024  # a fleet file larger than this is refused unread (configurable: Limits)
+MAX_ALIAS_NODES = 100_000  # nodes that aliases may add on top of those written in the file
+MAX_DEPTH = 200  # nesting levels (libyaml stops at 1000; building Python objects needs a frame per level)
+MAX_PROBLEMS = 50  # problems shown per file, then "... and N more"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds on the work one untrusted YAML file may cause: its size, what its aliases expand to, its
+    nesting, and how many problems it may print."""
+
+    max_bytes: int = MAX_FILE_BYTES
+    max_alias_nodes: int = MAX_ALIAS_NODES
+    max_depth: int = MAX_DEPTH
+    max_problems: int = MAX_PROBLEMS
+
+
+class _Refused(Exception):
+    def __init__(self, node: yaml.Node, message: str) -> None:
+        super().__init__(message)
+        self.node = node
+
 
 @dataclass(frozen=True)
 class Document:
@@ -82,14 +104,23 @@ def dotted(where: Path_) -> str:
     return out
 
 
-def parse(path: str, text: bytes | str) -> tuple[Document | None, list[Problem]]:
-    """Parse one YAML document.  Malformed YAML, several documents or duplicate keys become located problems."""
+def parse(path: str, text: bytes | str, limits: Limits = Limits()) -> tuple[Document | None, list[Problem]]:
+    """Parse one YAML document.  Malformed YAML, several documents or duplicate keys become located problems,
+    and so does a file over the ``limits`` (checked before any Python object is built)."""
+    if len(text) > limits.max_bytes:
+        return None, [Problem(path, 1, 1, f"the file has {len(text)} bytes, over the cap of {limits.max_bytes} "
+                                          "bytes per fleet file: split it")]
     loader = Loader(text)
     problems: list[Problem] = []
     try:
         node = loader.get_single_node()
         if node is None:
             return None, [Problem(path, 1, 1, "the file is empty: expected one YAML document")]
+        try:
+            _check_shape(node, limits)
+        except _Refused as refused:
+            mark = refused.node.start_mark
+            return None, [Problem(path, mark.line + 1, mark.column + 1, str(refused))]
         positions: dict[Path_, tuple[int, int]] = {(): (node.start_mark.line + 1, node.start_mark.column + 1)}
         data = _build(loader, node, (), positions, path, problems)
     except yaml.MarkedYAMLError as exc:
@@ -106,6 +137,39 @@ def parse(path: str, text: bytes | str) -> tuple[Document | None, list[Problem]]
     return Document(path, data, positions), problems
 
 
+def _check_shape(root: yaml.Node, limits: Limits) -> None:
+    """Refuse a node graph whose aliases expand past the cap (a "billion laughs" file), that refers to
+    itself, or that nests too deep, before anything is built from it.  Linear in the nodes written."""
+    sizes: dict[int, int] = {}
+    on_path: set[int] = set()
+    extra = 0
+
+    def visit(node: yaml.Node, depth: int) -> int:
+        nonlocal extra
+        key = id(node)
+        if key in sizes:  # an alias: everything under it is built once more
+            extra += sizes[key]
+            if extra > limits.max_alias_nodes:
+                raise _Refused(node, f"aliases expand this document past {limits.max_alias_nodes} nodes: "
+                                     "refused (write the values out, or use fewer nested aliases)")
+            return sizes[key]
+        if key in on_path:
+            raise _Refused(node, "an alias refers to a node that contains it: recursive structures are refused")
+        if depth > limits.max_depth:
+            raise _Refused(node, f"nested deeper than {limits.max_depth} levels: refused")
+        total = 1
+        if isinstance(node, yaml.SequenceNode | yaml.MappingNode):
+            on_path.add(key)
+            children = node.value if isinstance(node, yaml.SequenceNode) else [n for kv in node.value for n in kv]
+            for child in children:
+                total += visit(child, depth + 1)
+            on_path.discard(key)
+        sizes[key] = total
+        return total
+
+    visit(root, 0)
+
+
 def _build(
     loader: Any, node: yaml.Node, where: Path_, positions: dict[Path_, tuple[int, int]],
     path: str, problems: list[Problem],
@@ -114,8 +178,12 @@ def _build(
         loader.flatten_mapping(node)  # merge keys (<<)
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                problems.append(Problem(path, key_node.start_mark.line + 1, key_node.start_mark.column + 1,
+                                        "a mapping key must be a plain scalar", dotted(where)))
+                continue
             key = loader.construct_object(key_node, deep=True)
-            if isinstance(key_node, yaml.ScalarNode) and not isinstance(key, str):
+            if not isinstance(key, str):
                 key = key_node.value  # keep "1.10" as written, not the float 1.1
             if not isinstance(key, str):
                 problems.append(Problem(path, key_node.start_mark.line + 1, key_node.start_mark.column + 1,
@@ -136,3 +204,17 @@ def _build(
             items.append(_build(loader, item, child, positions, path, problems))
         return items
     return loader.construct_object(node, deep=True)
+
+
+def capped(problems: list[Problem], limit: int = MAX_PROBLEMS) -> list[Problem]:
+    """At most ``limit`` problems per file, in order, each file's overflow said in one line."""
+    shown: dict[str, int] = {}
+    out: list[Problem] = []
+    for p in problems:
+        shown[p.file] = shown.get(p.file, 0) + 1
+        if shown[p.file] <= limit:
+            out.append(p)
+    for file, count in shown.items():
+        if count > limit:
+            out.append(Problem(file, 0, 0, f"... and {count - limit} more problems in this file"))
+    return out

@@ -3,15 +3,22 @@ objects (no checkout).  Both answer the same three questions, so loading gives i
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 from typing import Protocol, cast
 
 import pygit2
 
-from reconciler.errors import NotFound, UsageError
+from reconciler.errors import NotFound, ReconcilerError, UsageError
 
 YAML_SUFFIXES = (".yaml", ".yml")
+_LINK = 0o120000  # git's mode of a symbolic link
+
+
+class UnsafeFile(ReconcilerError):
+    """A fleet file that is not a plain file: it is reported by name and never read."""
 
 
 class Source(Protocol):
@@ -50,10 +57,32 @@ class DirSource:
         self.label = str(root)
 
     def read(self, path: str) -> bytes | None:
+        """The file's bytes; a symbolic link on the way (the file or a directory above it inside the fleet)
+        is refused, never followed: it could point out of the repository, and git would not carry it."""
+        self._refuse_links(path)
         try:
-            return (self.root / path).read_bytes()
+            fd = os.open(self.root / path, os.O_RDONLY | os.O_NOFOLLOW)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise UnsafeFile(f"{path}: a symbolic link: fleet files must be plain files (not followed)") from None
+            raise UnsafeFile(f"{path}: cannot read: {exc.strerror}") from None
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return None
+            return f.read()
+
+    def _refuse_links(self, path: str) -> None:
+        parts = path.split("/")
+        for i in range(1, len(parts) + 1):
+            rel = "/".join(parts[:i])
+            try:
+                is_link = stat.S_ISLNK(os.lstat(self.root / rel).st_mode)
+            except (FileNotFoundError, NotADirectoryError):
+                return
+            if is_link:
+                raise UnsafeFile(f"{rel}: a symbolic link: fleet files and directories must be plain (not followed)")
 
     def names(self, directory: str) -> list[str]:
         try:
@@ -62,8 +91,8 @@ class DirSource:
             return []
 
     def key(self, path: str) -> str | None:
-        try:
-            st = os.stat(self.root / path)
+        try:  # lstat: a dangling link is still there, to be reported, not skipped
+            st = os.lstat(self.root / path)
         except (FileNotFoundError, NotADirectoryError):
             return None
         return f"{path}:{st.st_mtime_ns}:{st.st_size}"
@@ -117,6 +146,8 @@ class GitSource:
         entry = self._entry(path)
         if entry is None or entry.type_str != "blob":
             return None
+        if entry.filemode == _LINK:  # the blob is the link's target, not a document
+            raise UnsafeFile(f"{path}: a symbolic link: fleet files must be plain files (not followed)")
         data: bytes = cast(pygit2.Blob, self.repo[entry.id]).data
         return data
 

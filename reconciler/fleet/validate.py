@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from reconciler.errors import Problem
-from reconciler.fleet.document import Document, Path_
+from reconciler.fleet.document import Document, Path_, capped
 from reconciler.fleet.resolve import Resolver
 from reconciler.fleet.view import FleetView
 
@@ -47,7 +47,8 @@ def validate(view: FleetView) -> list[Problem]:
         _check_alias(resolver, ddoc, ("spec", "config", "registry"), aliases)
         resolver.resolve_one(name)
     problems = {(p.file, p.line, p.column, p.message): p for p in view.problems() + resolver.problems()}
-    return sorted(problems.values(), key=lambda p: (p.file, p.line, p.column, p.message))
+    ordered = sorted(problems.values(), key=lambda p: (p.file, p.line, p.column, p.message))
+    return capped(ordered, view.limits.max_problems)
 
 
 def _check_alias(resolver: Resolver, doc: Document, where: Path_, aliases: set[str]) -> None:

@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 
 from reconciler.errors import Problem
 from reconciler.fleet import rules
-from reconciler.fleet.document import Document, parse
+from reconciler.fleet.document import Document, Limits, capped, parse
 from reconciler.fleet.schema import check
-from reconciler.fleet.source import Source, doc_path
+from reconciler.fleet.source import Source, UnsafeFile, doc_path
 
 FLEET_FILE = "fleet.yaml"
 DIRS = {"Group": "groups", "Device": "devices", "Model": "models"}
@@ -36,8 +36,10 @@ class ParseCache:
 
 
 class FleetView:
-    def __init__(self, source: Source, cache: ParseCache | None = None) -> None:
+    def __init__(self, source: Source, cache: ParseCache | None = None,
+                 limits: Limits | None = None) -> None:
         self.source = source
+        self.limits = limits or Limits()
         self.cache = cache if cache is not None else ParseCache()
         self._docs: dict[str, Document | None] = {}
         self._problems: dict[str, tuple[Problem, ...]] = {}
@@ -55,7 +57,8 @@ class FleetView:
             return None
         cached = self.cache.get(key)
         if cached is None:
-            cached = self._check(path, kind, name)
+            doc, found = self._check(path, kind, name)
+            cached = doc, tuple(capped(list(found), self.limits.max_problems))
             self.cache.put(key, cached)
         doc, problems = cached
         self._docs[path] = doc
@@ -65,10 +68,13 @@ class FleetView:
     def _check(self, path: str, kind: str, name: str | None) -> tuple[Document | None, tuple[Problem, ...]]:
         """Parse and check one file.  The document is returned only when its structure is sound (it parsed
         and matches the schema), so cross-document rules can still run on it when other rules fail."""
-        raw = self.source.read(path)
+        try:
+            raw = self.source.read(path)
+        except UnsafeFile as exc:
+            return None, (Problem(path, 0, 0, str(exc)),)
         if raw is None:
             return None, ()
-        doc, problems = parse(path, raw)
+        doc, problems = parse(path, raw, self.limits)
         if doc is None:
             return None, tuple(problems)
         problems.extend(rules.secret_rules(doc))

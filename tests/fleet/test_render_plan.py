@@ -160,9 +160,9 @@ def test_plan_of_one_group_change_does_not_parse_every_device(tmp_path: Path) ->
     parsed: list[str] = []
     real = view_mod.parse
 
-    def counting(path: str, text: bytes | str):  # type: ignore[no-untyped-def]
+    def counting(path: str, text: bytes | str, *limits):  # type: ignore[no-untyped-def]
         parsed.append(path)
-        return real(path, text)
+        return real(path, text, *limits)
 
     view_mod.parse = counting
     try:
