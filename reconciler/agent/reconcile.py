@@ -22,6 +22,7 @@ from reconciler.agent import detectors as detectors_file
 from reconciler.agent.config import AgentConfig
 from reconciler.agent.cycle import Cycle
 from reconciler.agent.executor import Executor, now_iso
+from reconciler.agent.modelgate import ModelGate
 from reconciler.agent.plan import plan
 from reconciler.agent.poll import Poller
 from reconciler.agent.state import AgentState
@@ -84,6 +85,7 @@ class Reconciler:
             from reconciler.agent.trustgate import TrustGate
 
             self.trust = TrustGate(config)
+        self.model_gate = ModelGate(config.model_keys, config.repo_path)
         self.executor = Executor(self.state, config.device, self.data_dir, runtime=self._runtime,
                                  store=self._store_for, mask=self._mask)
 
@@ -185,6 +187,11 @@ class Reconciler:
                 cycle.did_work = True
                 info.setdefault("pulls", {})[m.version] = round(result.seconds, 3)
             info.setdefault("digests", {})[m.version] = result.manifest_digest
+            assert cycle.target is not None
+            signer = self.model_gate.check(self.mirror.repo, cycle.target, m.name, m.version, result.path,
+                                           result.manifest_digest)  # before anything runs it
+            if signer is not None:
+                info.setdefault("signatures", {})[m.version] = signer
 
     def observe_and_plan(self, cycle: Cycle) -> None:
         assert cycle.desired is not None

@@ -21,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="manifest annotation (repeatable)")
     parser.add_argument("--requirement", action="append", default=[], metavar="NAME",
                         help="runtime requirement recorded with the artifact, e.g. pytorch (repeatable)")
+    parser.add_argument("--sign-key", type=Path, metavar="KEY.pem",
+                        help="sign the files (OpenSSF Model Signing, ECDSA private key) and publish model.sig with them")
     add_registry_arguments(parser)
 
 
@@ -67,6 +69,19 @@ def run(args: argparse.Namespace) -> int:
     if duplicates:
         raise UsageError(f"two files would have the same title in the artifact: {', '.join(duplicates)}")
     client = client_from_args(args, str(ref))
-    digest = client.push(ref, args.files, provenance(args))
+    if args.sign_key is None:
+        digest = client.push(ref, args.files, provenance(args))
+    else:
+        import tempfile
+
+        from reconciler.trust.models import SIGNATURE_FILE
+        from reconciler.trust.modelsign import sign
+
+        if SIGNATURE_FILE in names:
+            raise UsageError(f"--sign-key makes {SIGNATURE_FILE}: do not pass one as well")
+        with tempfile.TemporaryDirectory(prefix="reconciler-sign-") as tmp:
+            signature = Path(tmp) / SIGNATURE_FILE
+            signature.write_bytes(sign(args.files, args.sign_key, ref.repository.rsplit("/", 1)[-1]))
+            digest = client.push(ref, [*args.files, signature], provenance(args))
     print(ref.pinned(digest))
     return 0

@@ -53,6 +53,9 @@ def build(*, device: str, runtime: str | None, observed: str | None, applied: st
             "performance": {k: info.get("performance", {}).get(k) for k in
                             ("pullSeconds", "startSeconds", "memoryBytes", "cpuPercent")},
         }
+        signer = (info.get("signatures") or {}).get(entry["version"])
+        if signer:
+            entry["signedBy"] = str(signer)  # the model signing key that signed this version
         if info.get("desiredVersion") and info.get("desiredVersion") != entry["version"]:
             entry["desiredVersion"] = str(info["desiredVersion"])
         doc["models"].append(entry)
