@@ -1,19 +1,22 @@
 """A fetch that writes nothing when nothing changed.
 
-pygit2's ``Remote.fetch`` leaves libgit2's ``update_fetchhead`` on, so every poll rewrites ``FETCH_HEAD``
-in the device's bare clone even when the server has nothing new: a file write per cycle, for ever, on
-flash storage.  Nothing here reads ``FETCH_HEAD`` (the mirror keeps its own remote-tracking refs), so
-``fetch_quietly`` turns it off: it is pygit2's own ``Remote.fetch`` body with that one option changed,
-falling back to ``Remote.fetch`` where pygit2's internals differ (another version).  libgit2 1.9 still
-truncates ``FETCH_HEAD`` at the start of every download (``O_TRUNC``: an inode update each time), so
-``silence_fetch_head`` makes it a symlink to ``/dev/null``, where that truncation touches no disk.
+pygit2's ``Remote.fetch`` rewrites ``FETCH_HEAD`` on every poll (libgit2's ``update_fetchhead``), and libgit2
+1.9 truncates it at the start of every download even with that option off: an inode update per cycle, for
+ever, on a device's flash.  So a poll first reads the server's ref advertisement (``list_heads``: the same
+bytes a fetch with nothing new costs) and fetches only when a wanted ref moved, with ``update_fetchhead`` off
+(nothing here reads ``FETCH_HEAD``; the mirror keeps its own remote-tracking refs).  That is pygit2's own
+``Remote.fetch`` body with the one option changed, falling back to ``Remote.fetch`` where pygit2's internals
+differ.
+
+(``FETCH_HEAD`` must never be a symlink: libgit2 writes it through a lock file renamed over the symlink's
+target, so a plain ``Remote.fetch`` as root would replace ``/dev/null`` with a regular file.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,21 +25,25 @@ import pygit2
 FETCH_HEAD = "FETCH_HEAD"
 
 
-def silence_fetch_head(git_dir: Path) -> None:
-    """Point ``git_dir/FETCH_HEAD`` at the null device (atomically: a temp link renamed over it)."""
+def drop_symlinked_fetch_head(git_dir: Path) -> None:
+    """Remove a ``FETCH_HEAD`` symlink an earlier version made (the link only, never its target)."""
     path = git_dir / FETCH_HEAD
-    with contextlib.suppress(OSError):
-        if os.readlink(path) == os.devnull:
-            return
-    tmp = git_dir / f".{FETCH_HEAD}.{os.getpid()}.tmp"
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    try:
-        os.symlink(os.devnull, tmp)
-        os.replace(tmp, path)
-    except OSError:  # a file system without symlinks: FETCH_HEAD stays a file, only wear is lost
-        with contextlib.suppress(OSError):
-            tmp.unlink()
+    if path.is_symlink():
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def fetch_if_moved(remote: pygit2.Remote, specs: Mapping[str, str], callbacks: Callable[[], pygit2.RemoteCallbacks],
+                   have: Callable[[str], pygit2.Oid | None], repo: pygit2.Repository) -> dict[str, pygit2.Oid]:
+    """The server's tips of the refs in ``specs`` (remote ref -> local ref); fetched (one more connection) only
+    when one of them differs from ``have(ref)`` or is missing here.  Returns remote ref -> advertised oid."""
+    heads = {h.name: h.oid for h in remote.list_heads(callbacks=callbacks())}
+    wanted = {ref: heads[ref] for ref in specs if ref in heads}
+    moved = [ref for ref, oid in wanted.items() if have(ref) != oid or oid not in repo]
+    if moved:
+        fetch_quietly(remote, [f"+{ref}:{specs[ref]}" for ref in moved], callbacks(),
+                      pygit2.enums.FetchPrune.NO_PRUNE)
+    return wanted
 
 
 def fetch_quietly(remote: pygit2.Remote, refspecs: Sequence[str] | None, callbacks: pygit2.RemoteCallbacks,

@@ -22,7 +22,7 @@ from typing import Any
 import pygit2
 
 from reconciler.errors import AuthError, DeadlineExceeded, NotFound, PushRejected, Transient
-from reconciler.git.fetch import fetch_quietly, silence_fetch_head
+from reconciler.git.fetch import drop_symlinked_fetch_head, fetch_if_moved, fetch_quietly
 from reconciler.git.knownhosts import verify_host_key
 from reconciler.git.location import is_url
 from reconciler.git.nodelay import tcp_nodelay
@@ -194,7 +194,7 @@ class FleetMirror:
         else:
             self.path.mkdir(parents=True, exist_ok=True)
             self.repo = pygit2.init_repository(str(self.path), bare=True)
-        silence_fetch_head(self.path)
+        drop_symlinked_fetch_head(self.path)
         if REMOTE in self.repo.remotes.names():
             if self.repo.remotes[REMOTE].url != self.url:
                 self.repo.remotes.set_url(REMOTE, self.url)
@@ -224,14 +224,13 @@ class FleetMirror:
         return tip
 
     def fetch_refs(self, refs: Sequence[str]) -> dict[str, pygit2.Oid | None]:
-        """Fetch branch refs in one connection; None for those the server does not have."""
+        """Fetch branch refs (a second connection only when one moved); None for those the server does not
+        have.  Nothing on disk changes when nothing moved."""
         remote = self._remote()
-        callbacks = _Callbacks(self.url, self.auth)
-        specs = [f"+{r}:{tracking_ref(r)}" for r in refs]
         try:
             with self._connection():
-                fetch_quietly(remote, specs, callbacks, pygit2.enums.FetchPrune.NO_PRUNE)
-            heads = {h.name: h.oid for h in remote.list_heads(connect=False)}
+                heads = fetch_if_moved(remote, {r: tracking_ref(r) for r in refs},
+                                       lambda: _Callbacks(self.url, self.auth), self.remote_tip, self.repo)
         except pygit2.GitError as exc:
             raise _translate(exc, self.url, "fetch") from None
         result: dict[str, pygit2.Oid | None] = {}
@@ -252,9 +251,8 @@ class FleetMirror:
         try:
             remote = self.repo.remotes.create_anonymous(url)
             with contextlib.nullcontext() if port is None else tcp_nodelay(port):
-                fetch_quietly(remote, [f"+{self.branch_ref}:{local}"], _Callbacks(url, self.auth),
-                              pygit2.enums.FetchPrune.NO_PRUNE)
-            heads = {h.name: h.oid for h in remote.list_heads(connect=False)}
+                heads = fetch_if_moved(remote, {self.branch_ref: local}, lambda: _Callbacks(url, self.auth),
+                                       lambda _ref: ref_target(self.repo, local), self.repo)
         except pygit2.GitError as exc:
             raise _translate(exc, url, "fetch") from None
         tip = heads.get(self.branch_ref)

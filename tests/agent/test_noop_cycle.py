@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ def test_a_no_op_cycle_writes_nothing_in_the_data_dir(lab: Lab) -> None:
     assert cycle.ready and not cycle.did_work
     after = snapshot(lab.data_dir)
     assert {p: v for p, v in after.items() if before.get(p) != v} == {}
-    assert os.readlink(lab.data_dir / "fleet.git" / "FETCH_HEAD") == os.devnull
+    assert not (lab.data_dir / "fleet.git" / "FETCH_HEAD").is_symlink()
     # and it did look: a new commit is still picked up by the next cycle
     tip = lab.commit({"groups/all.yaml": lab.group_yaml("2.0")}, "to 2.0")
     assert agent.run_once().ready

@@ -114,6 +114,11 @@ class GitServer:
     def url(self, repo: str = "fleet") -> str:
         return f"ssh://{GIT_USER}@127.0.0.1:{self.port}/{repo}"
 
+    @property
+    def sshd_pid(self) -> int | None:
+        """The listening sshd (its children's CPU time accrues to it as they exit: the server's cost)."""
+        return self._sshd.proc.pid if self._sshd.proc is not None else None
+
     def key(self, user: str) -> Path:
         path = self.keys_dir / user
         if not path.exists():
@@ -170,12 +175,15 @@ class GitServer:
         self._sshd.start()
 
 
-def _gitolite_conf(repo: str, devices: Sequence[str]) -> str:
+def _gitolite_conf(repo: str, devices: Sequence[str], status_repo: str | None = None) -> str:
     lines = ["repo gitolite-admin", "    RW+ = admin", "", f"repo {repo}", "    RW+ = admin"]
     if devices:
         lines.append(f"    R = {' '.join(devices)}")
-    lines += [f"    RW+ refs/heads/status/{d}$ = {d}" for d in devices]
-    return "\n".join(lines) + "\n"
+    rules = [f"    RW+ refs/heads/status/{d}$ = {d}" for d in devices]
+    if status_repo is None:
+        return "\n".join([*lines, *rules]) + "\n"
+    # status branches in a repository of their own: the fleet repo is read-only for devices
+    return "\n".join([*lines, "", f"repo {status_repo}", "    RW+ = admin", *rules]) + "\n"
 
 
 def _sshd_config(workdir: Path, port: int, authorized_keys: Path) -> str:
@@ -204,10 +212,11 @@ def _sshd_config(workdir: Path, port: int, authorized_keys: Path) -> str:
 
 @contextlib.contextmanager
 def run_git_server(
-    workdir: Path, devices: Sequence[str] = ("dev1", "dev2"), repo: str = "fleet"
+    workdir: Path, devices: Sequence[str] = ("dev1", "dev2"), repo: str = "fleet", status_repo: str | None = None
 ) -> Iterator[GitServer]:
     """Start gitolite behind sshd on 127.0.0.1:<random port>; everything lives under ``workdir`` except the
-    gitolite home (see the module docstring).  The repo ``repo`` exists and is empty."""
+    gitolite home (see the module docstring).  The repo ``repo`` exists and is empty; so does ``status_repo``
+    when given, and then the devices write their status branches there and only read ``repo``."""
     user = ensure_git_user()
     workdir.mkdir(parents=True, exist_ok=True)
     # sshd's privilege-separation dir, normally made at boot by the service unit
@@ -241,13 +250,14 @@ def run_git_server(
         keydir = home / ".gitolite" / "keydir"
         for name in devices:
             shutil.copy(keys / f"{name}.pub", keydir / f"{name}.pub")
-        (home / ".gitolite" / "conf" / "gitolite.conf").write_text(_gitolite_conf(repo, devices))
+        (home / ".gitolite" / "conf" / "gitolite.conf").write_text(_gitolite_conf(repo, devices, status_repo))
         for p in [keydir, *keydir.iterdir(), home / ".gitolite" / "conf" / "gitolite.conf"]:
             os.chown(p, user.pw_uid, user.pw_gid)
         as_git("gitolite", "setup")  # compiles the rules and creates the repo
         # so that clones check out main (git init's default branch may be master)
-        bare = home / "repositories" / f"{repo}.git"
-        as_git("git", "--git-dir", str(bare), "symbolic-ref", "HEAD", "refs/heads/main")
+        for name in [repo, *([status_repo] if status_repo else [])]:
+            bare = home / "repositories" / f"{name}.git"
+            as_git("git", "--git-dir", str(bare), "symbolic-ref", "HEAD", "refs/heads/main")
 
         authorized = home / "authorized_keys"
         options = "no-port-forwarding,no-X11-forwarding,no-agent-forwarding,no-pty"
