@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "history": "Desired and observed changes of a device or model, merged in time order.",
     "verify": "Check that every commit in BASE..HEAD is signed by an allowed signer within its path scope.",
     "beacon": "Write the change beacon devices poll instead of git (server side).",
+    "device-status": "The local view of this device, from the running agent's API socket.",
 }
 
 

@@ -13,6 +13,10 @@ from collections.abc import Mapping
 
 from reconciler.agent.cycle import Cycle
 from reconciler.agent.loop import Agent
+from reconciler.api.metrics import Recorder
+from reconciler.api.routes import App
+from reconciler.api.server import ApiServer
+from reconciler.api.view import build_view
 from reconciler.service import logs
 from reconciler.service.notify import Notifier, Watchdog
 
@@ -32,15 +36,42 @@ def run_service(agent: Agent, notifier: Notifier | None = None) -> int:
         notifier.send(STATUS=status_line(agent, cycle, seconds))
 
     agent.observers.append(report)
+    api = start_api(agent)
     notifier.send(READY="1", STATUS=f"{agent.config.device}: local state loaded, first pass under way",
                   MAINPID=str(os.getpid()))
     try:
         return agent.run()
     finally:
         notifier.send(STOPPING="1", STATUS="stopping")
+        if api is not None:
+            api.stop()
         if watchdog is not None:
             watchdog.stop()
         notifier.close()
+
+
+def start_api(agent: Agent) -> ApiServer | None:
+    """The local API on ``api.listen`` (default ``DATA_DIR/agent.sock``), fed a new view after every pass."""
+    listen = agent.config.api_listen
+    if listen is None:
+        listen = (str(agent.config.data_dir / "agent.sock"),)
+    if not listen:
+        return None
+    app = App(agent.config.device, agent.liveness, Recorder(), wake=agent.wake.set,
+              mask=lambda text: agent.reconciler.mask(text))
+
+    def publish(cycle: Cycle, seconds: float) -> None:
+        app.recorder.record(cycle, seconds)
+        reconciler = agent.reconciler
+        if reconciler.last_status is not None:
+            runtime = str(cycle.desired.config.get("runtime", "process")) if cycle.desired else None
+            app.publish(build_view(agent.config.device, reconciler.last_status, reconciler.state.models,
+                                   cycle.desired, cycle.observed, runtime))
+
+    agent.observers.append(publish)
+    server = ApiServer(app, listen)
+    server.start()
+    return server
 
 
 def status_line(agent: Agent, cycle: Cycle, seconds: float) -> str:
