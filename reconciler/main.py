@@ -31,6 +31,7 @@ COMMANDS: dict[str, str] = {
     "verify": "Check that every commit in BASE..HEAD is signed by an allowed signer within its path scope.",
     "beacon": "Write the change beacon devices poll instead of git (server side).",
     "device-status": "The local view of this device, from the running agent's API socket.",
+    "rollout": "Staged rollouts: decide and commit (run), or show each rollout's cohort and counts (status).",
 }
 
 

@@ -57,9 +57,13 @@ class ModelAssignment:
     resources: Resources = field(default_factory=Resources)
     reload: str = "restart"
     registry: str | None = None  # registry alias whose settings apply to artifact and image
+    # why a rollout gives this version (or leaves the pin): shown by render, no part of what runs
+    rollout: str | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "version": self.version, "group": self.group}
+        if self.rollout:
+            d["rollout"] = self.rollout
         if self.artifact:
             d["artifact"] = self.artifact
         if self.image:

@@ -44,12 +44,14 @@ def _text(result: Plan) -> str:
     for d in result.devices:
         out.append(f"{d.device} ({d.status})")
         out += [f"  {line}" for line in d.lines]
+    out += list(result.rollouts)
     out.append(_count(result))
     return "\n".join(out)
 
 
 def _markdown(result: Plan) -> str:
     out = [f"### Fleet plan `{result.base}` → `{result.head}`", "", f"**{_count(result)}**", ""]
+    out += [f"- {line}" for line in result.rollouts] + ([""] if result.rollouts else [])
     if result.problems:
         out += ["> :x: the head revision is invalid for some devices:", ""]
         out += [f"- `{p.format()}`" for p in result.problems] + [""]
@@ -71,5 +73,6 @@ def _json(result: Plan) -> str:
         "devices": [{"device": d.device, "status": d.status, "changes": list(d.lines), "details": d.details}
                     for d in result.devices],
         "affected": len(result.devices),
+        "rollouts": list(result.rollouts),
         "problems": [p.to_dict() for p in result.problems],
     }, indent=2, default=str)

@@ -15,6 +15,7 @@ import pygit2
 
 from reconciler.errors import InvalidConfig, Problem
 from reconciler.fleet.resolve import ALL, Resolver, fill
+from reconciler.fleet.rollouts import Rollout
 from reconciler.fleet.source import GitSource
 from reconciler.fleet.view import FLEET_FILE, FleetView, ParseCache
 from reconciler.model import DesiredState
@@ -35,6 +36,7 @@ class Plan:
     changed_paths: tuple[str, ...]
     devices: tuple[DeviceChange, ...]
     problems: tuple[Problem, ...] = ()
+    rollouts: tuple[str, ...] = ()  # one line per rollout the change adds or moves: cohort sizes
 
 
 def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
@@ -132,6 +134,11 @@ def plan(repo: pygit2.Repository, base: str, head: str, subdir: str = "") -> Pla
             devices |= old.members(name) | new.members(name)
         elif top == "models" and rest:
             devices |= old.users_of_model(name) | new.users_of_model(name)
+        elif top == "rollouts" and rest:
+            for side in (old, new):
+                doc = side.view.rollout(name)
+                if doc is not None:
+                    devices |= side.members(doc.spec["group"])
 
     changes = []
     problems: list[Problem] = []
@@ -145,7 +152,25 @@ def plan(repo: pygit2.Repository, base: str, head: str, subdir: str = "") -> Pla
         change = compare(device, before, after)
         if change is not None:
             changes.append(change)
-    return Plan(base, head, tuple(sorted(paths)), tuple(changes), tuple(problems))
+    lines = tuple(line for path in sorted(paths) if path.startswith("rollouts/")
+                  for line in _rollout_lines(old, new, path.partition("/")[2].rsplit(".", 1)[0]))
+    return Plan(base, head, tuple(sorted(paths)), tuple(changes), tuple(problems), lines)
+
+
+def _rollout_lines(old: _Revision, new: _Revision, name: str) -> list[str]:
+    """``rollout NAME: step 2/3 (50%), Progressing: cohort 10 of 20 devices of group g (was 1)``."""
+    doc, before = new.view.rollout(name), old.view.rollout(name)
+    if doc is None:
+        return [f"rollout {name}: removed"] if before is not None else []
+    r = Rollout.from_document(doc)
+    group = new.members(r.group)
+    size = len(new.resolver.cohort(r, sorted(group))) if r.active else 0
+    was = ""
+    if before is not None:
+        b = Rollout.from_document(before)
+        was = f" (was {len(old.resolver.cohort(b, sorted(old.members(b.group)))) if b.active else 0}, {b.where()} {b.phase})"
+    return [f"rollout {name}: {r.model} {r.from_version} -> {r.to_version}, {r.where()}, {r.phase}: cohort {size} "
+            f"of {len(group)} devices of group {r.group}{was}"]
 
 
 def compare(device: str, before: DesiredState | None, after: DesiredState | None) -> DeviceChange | None:

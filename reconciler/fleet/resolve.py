@@ -7,6 +7,7 @@ cause rather than ten thousand copies.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -14,6 +15,7 @@ from typing import Any
 
 from reconciler.errors import InvalidConfig, NotFound, Problem
 from reconciler.fleet.document import Document, Path_
+from reconciler.fleet.rollouts import Rollout, RolloutBook
 from reconciler.fleet.rules import DIGEST
 from reconciler.fleet.view import FleetView
 from reconciler.model import DesiredState, Detector, HealthCheck, ModelAssignment, RegistryConfig, Resources
@@ -69,6 +71,7 @@ class Resolver:
         }
         self.defaults: dict[str, Any] = dict(fleet_spec.get("defaults") or {})
         self.settings = fleet_settings(fleet_spec)
+        self.rollouts = RolloutBook(view.rollouts().values())
         self._by_member: dict[str, list[str]] = defaultdict(list)
         self._by_label: dict[tuple[str, str], list[str]] = defaultdict(list)
         for name, g in self.groups.items():
@@ -157,10 +160,13 @@ class Resolver:
                            f"{top}: {detail}; give one group a higher priority")
                 continue
             _, group, version, index = winners[0]
+            version, why = self._rollout_version(device, doc, group, name, version)
             assignment = self._assignment(device, doc, groups, group, index, name, version, config)
             if assignment is None:
                 ok = False
                 continue
+            if why:
+                assignment = dataclasses.replace(assignment, rollout=why)
             models.append(assignment)
 
         detectors: list[Detector] = []
@@ -199,6 +205,42 @@ class Resolver:
                             registries={m.registry: self.registries[m.registry] for m in models
                                         if m.registry is not None and m.registry in self.registries},
                             settings=self.settings)
+
+    def _rollout_version(self, device: str, doc: Document, group: str, model: str,
+                         pinned: str) -> tuple[str, str | None]:
+        """The version an active rollout of the group's pin gives this device (fleet/rollouts.py)."""
+        version, why = self.rollouts.version_for(device, doc.labels, group, model, pinned)
+        mdoc = self.view.model(model) if version != pinned else None
+        if mdoc is not None and version not in mdoc.spec["versions"]:
+            return pinned, None  # validate names the unknown version
+        return version, why
+
+    def winning_pin(self, groups: Iterable[str], model: str) -> tuple[str, str] | None:
+        """(group, version) of ``model`` for a device in ``groups``: the highest priority pin, None when no
+        group pins it or equal priorities disagree (the rule ``resolve`` applies, without resolving)."""
+        pins = [(self.priority(g), g, p["version"]) for g in groups if (gd := self.groups.get(g)) is not None
+                for p in gd.spec.get("models") or [] if p["name"] == model]
+        if not pins:
+            return None
+        top = max(p[0] for p in pins)
+        winners = {(g, v) for prio, g, v in pins if prio == top}
+        return min(winners) if len({v for _, v in winners}) == 1 else None
+
+    def cohort(self, r: Rollout, devices: Iterable[str]) -> list[tuple[str, int]]:
+        """(device, the step it joined at) for each of ``devices`` in the current step's cohort of ``r``: in the
+        rollout's group, which wins the device's pin of the model at ``from``, and in by hash or canary."""
+        out = []
+        for name in devices:
+            doc = self.view.device(name)
+            if doc is None:
+                continue
+            groups = self.groups_of(name, doc)
+            if r.group not in groups or self.winning_pin(groups, r.model) != (r.group, r.from_version):
+                continue
+            joined = r.joined_at(name, doc.labels)
+            if joined is not None:
+                out.append((name, joined))
+        return out
 
     def check_pin(self, gdoc: Document, index: int) -> Document | None:
         """The model document a group's pin names, if the model and version exist."""

@@ -17,7 +17,7 @@ from reconciler.errors import Problem
 from reconciler.fleet.document import Document, Path_
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
-KINDS = {"Fleet": "fleet", "Group": "group", "Device": "device", "Model": "model"}
+KINDS = {"Fleet": "fleet", "Group": "group", "Device": "device", "Model": "model", "Rollout": "rollout"}
 
 
 def schema_path(name: str) -> Path:

@@ -163,9 +163,9 @@ class GitSource:
 
     def relevant_key(self, device: str) -> str:
         """Ids of everything that can change ``device``'s desired state at this revision: fleet.yaml, the
-        groups/ and models/ trees and the device's own file.  Equal keys, equal desired state."""
+        groups/, models/ and rollouts/ trees and the device's own file.  Equal keys, equal desired state."""
         parts = [self.key("fleet.yaml"), self.tree_id("groups"), self.tree_id("models"),
-                 self.key(f"devices/{device}.yaml") or self.key(f"devices/{device}.yml")]
+                 self.key(f"devices/{device}.yaml") or self.key(f"devices/{device}.yml"), self.tree_id("rollouts")]
         return ":".join(p or "-" for p in parts)
 
     def tree_id(self, directory: str) -> str | None:

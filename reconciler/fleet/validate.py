@@ -5,6 +5,7 @@ from __future__ import annotations
 from reconciler.errors import Problem
 from reconciler.fleet.document import Document, Path_, capped
 from reconciler.fleet.resolve import Resolver
+from reconciler.fleet.rollouts import problems as rollout_problems
 from reconciler.fleet.view import FleetView
 
 
@@ -46,7 +47,10 @@ def validate(view: FleetView) -> list[Problem]:
             continue
         _check_alias(resolver, ddoc, ("spec", "config", "registry"), aliases)
         resolver.resolve_one(name)
-    problems = {(p.file, p.line, p.column, p.message): p for p in view.problems() + resolver.problems()}
+    rollouts = view.rollouts()
+    found = rollout_problems(resolver.rollouts, rollouts, view.groups(),
+                             {r.model: view.model(r.model) for r in resolver.rollouts.all}, devices)
+    problems = {(p.file, p.line, p.column, p.message): p for p in view.problems() + resolver.problems() + found}
     ordered = sorted(problems.values(), key=lambda p: (p.file, p.line, p.column, p.message))
     return capped(ordered, view.limits.max_problems)
 

@@ -16,7 +16,7 @@ from reconciler.fleet.schema import check
 from reconciler.fleet.source import Source, UnsafeFile, doc_path
 
 FLEET_FILE = "fleet.yaml"
-DIRS = {"Group": "groups", "Device": "devices", "Model": "models"}
+DIRS = {"Group": "groups", "Device": "devices", "Model": "models", "Rollout": "rollouts"}
 
 
 @dataclass
@@ -106,6 +106,14 @@ class FleetView:
 
     def device(self, name: str) -> Document | None:
         return self._load(doc_path("devices", name, self.source), "Device", name)
+
+    def rollout(self, name: str) -> Document | None:
+        return self._load(doc_path("rollouts", name, self.source), "Rollout", name)
+
+    def rollouts(self) -> dict[str, Document]:
+        """Every valid rollouts/<name>.yaml (a handful: loaded whole, by every device too)."""
+        loaded = {n: self.rollout(n) for n in self._names("rollouts")}
+        return {n: d for n, d in loaded.items() if d is not None}
 
     def groups(self) -> dict[str, Document]:
         if self._groups is None:
