@@ -32,6 +32,7 @@ class Cycle:
     blocked: ReconcilerError | None = None  # the new commit could not be applied (invalid, rewind)
     error: ReconcilerError | None = None  # what stopped the pass
     failing: dict[str, str] = field(default_factory=dict)
+    held: set[str] = field(default_factory=set)  # models whose switch waits for a maintenance window
     drift: list[str] = field(default_factory=list)
     did_work: bool = False
     pulled_bytes: int = 0  # bytes downloaded from registries in this pass

@@ -78,7 +78,7 @@ class Executor:
             info["desiredVersion"] = w.version
             assignment = cycle.desired.model(name)
             info["group"] = assignment.group if assignment else ""
-            if name not in cycle.failing and (o is None or o.state != "running"):
+            if name not in cycle.failing and name not in cycle.held and (o is None or o.state != "running"):
                 cycle.failing[name] = f"not running ({o.state if o else 'missing'})"
         for name in [m for m in self.state.models if m not in cycle.workloads]:
             self.state.models.pop(name)

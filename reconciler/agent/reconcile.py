@@ -12,6 +12,7 @@ goes on with the last applied commit, so what runs keeps running and drift is st
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -34,12 +35,14 @@ from reconciler.errors import (
     ReconcilerError,
     Stalled,
     Untrusted,
+    Waiting,
 )
 from reconciler.fleet.resolve import render_device
 from reconciler.fleet.source import GitSource
 from reconciler.fleet.view import FleetView, ParseCache
 from reconciler.git.mirror import FleetMirror, GitAuth
 from reconciler.model import DesiredState, Workload
+from reconciler.rollout import windows
 from reconciler.runtimes import get_runtime
 from reconciler.runtimes.base import Runtime
 from reconciler.status import conditions as summarizer
@@ -213,6 +216,10 @@ class Reconciler:
             self.state.failed = {h: f for h, f in self.state.failed.items() if f.get("key") == cycle.key}
         cycle.actions = plan(cycle.workloads, cycle.observed, detectors_changed=changed,
                              failed=set(self.state.failed))
+        cycle.actions, held, why = windows.gate(cycle.actions, cycle.desired.config, dt.datetime.now(dt.UTC))
+        if held:
+            cycle.held = {a.model for a in held}
+            cycle.blocked = cycle.blocked or Waiting(why)
 
     def execute(self, cycle: Cycle) -> None:
         """Start, check, roll back and stop as planned (executor.py), then record what runs."""

@@ -117,8 +117,24 @@ def _config_rules(doc: Document, where: Path_, config: Any) -> list[Problem]:
         elif driver == "filesystem" and not (storage.get("filesystem") or {}).get("path"):
             out.append(doc.problem((*where, "storage", "filesystem") if "filesystem" in storage
                                    else (*where, "storage", "driver"), "filesystem storage needs a path"))
+    for i, w in enumerate((config.get("activation") or {}).get("windows") or []):
+        zone = w.get("timezone") if isinstance(w, dict) else None
+        if isinstance(zone, str) and not zone_exists(zone):
+            out.append(doc.problem((*where, "activation", "windows", i, "timezone"),
+                                   f"unknown time zone {zone!r}: use an IANA name like Europe/Berlin or UTC"))
     mem = (config.get("resources") or {}).get("memory")
     if isinstance(mem, str) and parse_memory(mem) is None:
         out.append(doc.problem((*where, "resources", "memory"),
                                f"malformed memory {mem!r}: use a number with k, m, g or t (e.g. 512m, 1g, 1536Mi)"))
     return out
+
+
+def zone_exists(zone: str) -> bool:
+    """An IANA time zone name the system knows (maintenance windows)."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
