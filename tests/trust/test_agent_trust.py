@@ -87,7 +87,9 @@ def test_unknown_key_expired_key_and_out_of_scope_are_named(lab: FleetLab, keys:
         assert lab.running() == "1.0"
     # in scope, the bot's commit applies
     run_git(lab.work, "reset", "-q", "--hard", str(base))
-    lab.commit({"rollouts/canary.yaml": "# a rollout\n"}, "bot in scope", keys["bot"], force=True)
+    canary = ("apiVersion: fleet/v1\nkind: Rollout\nmetadata: {name: canary}\nspec:\n  group: all\n  model: counter\n"
+              "  from: '1.0'\n  to: '2.0'\n  steps: [{selector: {matchLabels: {ring: canary}}}]\n")
+    lab.commit({"rollouts/canary.yaml": canary}, "bot in scope", keys["bot"], force=True)
     assert lab.run() == 0
 
 
