@@ -23,6 +23,19 @@ class Resources:
 
 
 @dataclass(frozen=True)
+class GoldenSet:
+    """Cases (JSON lines of ``request`` and ``expected``) in the artifact at ``file``, POSTed to ``path``;
+    numbers may differ from the expected ones by ``tolerance``, anything else must be equal."""
+
+    file: str
+    path: str
+    tolerance: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "path": self.path, "tolerance": self.tolerance}
+
+
+@dataclass(frozen=True)
 class HealthCheck:
     """HTTP GET ``path`` on ``port`` (when given) must answer 2xx within ``timeout`` seconds; without a path
     the workload must still be alive after ``alive_seconds``."""
@@ -31,9 +44,12 @@ class HealthCheck:
     port: int | None = None
     timeout: float = 30.0
     alive_seconds: float = 2.0
+    golden: GoldenSet | None = None  # checked after the HTTP check passes (runtimes/golden.py)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"timeout": self.timeout, "aliveSeconds": self.alive_seconds}
+        if self.golden is not None:
+            d["golden"] = self.golden.to_dict()
         if self.path is not None:
             d["path"] = self.path
         if self.port is not None:
@@ -205,6 +221,13 @@ def workload_to_dict(w: Workload) -> dict[str, Any]:
     }
 
 
+def golden_from_dict(g: Mapping[str, Any] | None) -> GoldenSet | None:
+    """A model version's ``health.golden`` (or its stored form) as a value; None when absent."""
+    if not g:
+        return None
+    return GoldenSet(file=str(g["file"]), path=str(g["path"]), tolerance=float(g.get("tolerance", 0.0)))
+
+
 def workload_from_dict(d: Mapping[str, Any]) -> Workload:
     h = d.get("health") or {}
     r = d.get("resources") or {}
@@ -214,7 +237,7 @@ def workload_from_dict(d: Mapping[str, Any]) -> Workload:
         detectors_config=d["detectors_config"], command=tuple(d.get("command") or ()), image=d.get("image"),
         env=tuple((str(k), str(v)) for k, v in d.get("env") or ()), port=d.get("port"),
         health=HealthCheck(path=h.get("path"), port=h.get("port"), timeout=float(h.get("timeout", 30.0)),
-                           alive_seconds=float(h.get("aliveSeconds", 2.0))),
+                           alive_seconds=float(h.get("aliveSeconds", 2.0)), golden=golden_from_dict(h.get("golden"))),
         resources=Resources(cpus=r.get("cpus"), memory=r.get("memory"), gpus=r.get("gpus")),
         reload=d.get("reload", "restart"),
         registry=None if not reg else RegistryConfig(**reg),

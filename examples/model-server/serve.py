@@ -1,7 +1,8 @@
 """A tiny model server for the demo and the tests: the shape of a real one, without the weights' maths.
 
 It serves GET /healthz (200 once the weights are loaded), GET /detectors (the detectors it answers, from
-DETECTORS_CONFIG) and POST /infer (a fake answer).  SIGHUP re-reads the detectors.  Usage:
+DETECTORS_CONFIG) and POST /infer (a fake answer: the golden-set gate's
+cases in golden.jsonl POST there).  SIGHUP re-reads the detectors.  Usage:
     python3 serve.py --port 8101
 """
 
@@ -37,6 +38,14 @@ def load_detectors(*_: object) -> None:
     STATE["reloads"] += 1
 
 
+def answer_label() -> str:
+    """What this "model" answers: weights that start with ``label:`` say which label (so a bad version is a
+    bad artifact, as in life), anything else answers "person"."""
+    weights = MODEL_DIR / "weights.bin"
+    head = weights.read_bytes()[:64] if weights.exists() else b""
+    return head[6:].split(b"\n")[0].decode(errors="replace").strip() if head.startswith(b"label:") else "person"
+
+
 class Handler(BaseHTTPRequestHandler):
     def _send(self, code: int, body: dict) -> None:
         data = json.dumps(body).encode()
@@ -60,7 +69,9 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         if self.path == "/infer":
-            self._send(200, {"label": "person", "confidence": 0.93, "model": os.environ.get("MODEL_NAME")})
+            length = min(int(self.headers.get("Content-Length") or 0), 1 << 20)
+            self.rfile.read(length)
+            self._send(200, {"label": answer_label(), "confidence": 0.93, "model": os.environ.get("MODEL_NAME")})
         else:
             self._send(404, {"error": "not found"})
 

@@ -18,7 +18,15 @@ from reconciler.fleet.document import Document, Path_
 from reconciler.fleet.rollouts import Rollout, RolloutBook
 from reconciler.fleet.rules import DIGEST
 from reconciler.fleet.view import FleetView
-from reconciler.model import DesiredState, Detector, HealthCheck, ModelAssignment, RegistryConfig, Resources
+from reconciler.model import (
+    DesiredState,
+    Detector,
+    HealthCheck,
+    ModelAssignment,
+    RegistryConfig,
+    Resources,
+    golden_from_dict,
+)
 from reconciler.quantities import parse_duration
 
 ALL = "all"
@@ -301,7 +309,8 @@ class Resolver:
             command=command, env=tuple(sorted(env.items())), port=port,
             health=HealthCheck(path=health.get("path"), port=health_port,
                                timeout=float(health.get("timeout", 30.0)),
-                               alive_seconds=float(health.get("aliveSeconds", 2.0))),
+                               alive_seconds=float(health.get("aliveSeconds", 2.0)),
+                               golden=golden_from_dict(health.get("golden"))),
             resources=Resources(cpus=res.get("cpus"), memory=res.get("memory"), gpus=res.get("gpus")),
             reload=v.get("reload", "restart"), registry=registry_used,
         )

@@ -22,7 +22,7 @@ from typing import Any
 from reconciler.credentials import CredentialStore, mask
 from reconciler.errors import InvalidConfig, NotFound, ReconcilerError, Stalled
 from reconciler.model import HealthResult, Observed, Workload
-from reconciler.runtimes import health
+from reconciler.runtimes import golden, health
 from reconciler.runtimes.docker_connection import DockerConnection
 from reconciler.runtimes.docker_observation import as_observed, sample_stats
 from reconciler.runtimes.docker_spec import L_DEVICE, L_MANAGED, L_RESOLVED, container_spec
@@ -211,6 +211,8 @@ class DockerRuntime:
             else:
                 path = check.path if check.path.startswith("/") else "/" + check.path
                 result = health.http_check(f"http://{bound[0]}:{bound[1]}{path}", check.timeout, probe=probe)
+                if result.healthy and check.golden is not None:
+                    result = golden.check(bound[0], bound[1], workload.model_dir, check.golden, check.timeout)
         elif (container.attrs.get("Config") or {}).get("Healthcheck"):
             result = self._image_healthcheck(container, check.timeout, probe)
         else:

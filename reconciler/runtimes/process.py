@@ -34,7 +34,7 @@ from typing import Any
 
 from reconciler.errors import NotFound, Transient
 from reconciler.model import HealthResult, Observed, Workload
-from reconciler.runtimes import health, process_dirs
+from reconciler.runtimes import golden, health, process_dirs
 from reconciler.runtimes.process_spec import DEFAULT_PATH, describe, resolve_command, run_spec, workload_env
 from reconciler.runtimes.process_state import (
     child_alive,
@@ -110,7 +110,10 @@ class ProcessRuntime:
         port = check.port or workload.port
         if check.path and port:
             url = f"http://127.0.0.1:{port}/{check.path.lstrip('/')}"
-            return health.http_check(url, check.timeout, probe=probe)
+            result = health.http_check(url, check.timeout, probe=probe)
+            if result.healthy and check.golden is not None:
+                return golden.check("127.0.0.1", port, workload.model_dir, check.golden, check.timeout)
+            return result
         return health.alive_check(probe, check.alive_seconds)
 
     def stop(self, observed: Observed) -> None:
