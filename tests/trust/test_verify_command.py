@@ -17,6 +17,10 @@ from tests.trust.signing import Key, run_git, signed_commit
 
 SCOPE = "  policy:\n    signers:\n      rollout-bot@acme.example: ['rollouts/**']\n"
 
+# a real Rollout: rollouts/ files are fleet documents, validated by the pre-receive hook like the rest
+ROLLOUT = ("apiVersion: fleet/v1\nkind: Rollout\nmetadata: {name: r}\nspec:\n  group: g\n  model: m\n"
+           "  from: '1.0'\n  to: '2.0'\n  steps: [{devices: [d1]}]\n")
+
 
 def _fleet(tmp_path: Path, keys: dict[str, Key]) -> tuple[Path, Path, str]:
     work = minimal_fleet(tmp_path / "work")
@@ -32,7 +36,7 @@ def _fleet(tmp_path: Path, keys: dict[str, Key]) -> tuple[Path, Path, str]:
 def test_verify_prints_one_line_per_commit(tmp_path: Path, keys: dict[str, Key],
                                            capsys: pytest.CaptureFixture[str]) -> None:
     work, anchor, base = _fleet(tmp_path, keys)
-    good = signed_commit(work, {"rollouts/r.yaml": "# r\n"}, "bot rollout", keys["bot"])
+    good = signed_commit(work, {"rollouts/r.yaml": ROLLOUT}, "bot rollout", keys["bot"])
     bad = signed_commit(work, {"groups/g.yaml": None}, "bot out of scope", keys["bot"])
     unsigned = signed_commit(work, {"x.txt": "x"}, "unsigned", None)
     capsys.readouterr()
@@ -87,7 +91,7 @@ def test_pre_receive_refuses_unsigned_and_out_of_scope_pushes(tmp_path: Path, ke
     refused = _push(work, "origin", "main")
     assert refused.returncode != 0 and f"FAIL {scoped[:12]} PathNotAllowed" in refused.stderr
     run_git(work, "reset", "-q", "--hard", "HEAD~1")
-    ok = signed_commit(work, {"rollouts/r.yaml": "# r\n"}, "bot rollout", keys["bot"])
+    ok = signed_commit(work, {"rollouts/r.yaml": ROLLOUT}, "bot rollout", keys["bot"])
     accepted = _push(work, "-q", "origin", "main")
     assert accepted.returncode == 0, accepted.stderr
     assert run_git(server, "rev-parse", "main").stdout.strip() == ok
