@@ -1,5 +1,7 @@
 """reconciler rollout run --repo URL [--status-repo URL] (--once | --interval S) [--sign-key KEY]
-reconciler rollout status --repo URL [--status-repo URL] [NAME] [--format text|json]"""
+reconciler rollout status --repo URL [--status-repo URL] [NAME] [--format text|json]
+
+Both read the status branches from --status-repo when the agents' statusRepo keeps them out of the fleet repo."""
 
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ from reconciler.views.options import add_repo_arguments
 
 if TYPE_CHECKING:
     from reconciler.rollout.controller import Evaluation
-    from reconciler.views.fleetrepo import FleetRepo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,9 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     status_p = sub.add_parser("status", help="each rollout's step, cohort and counts (read only)",
                               description="Each rollout's step, cohort and counts, and the decision now due.")
     for p in (run_p, status_p):
-        add_repo_arguments(p)
-        p.add_argument("--status-repo", metavar="URL|PATH",
-                       help="read the status branches from this repository (default: the fleet repository)")
+        add_repo_arguments(p)  # --status-repo too: where the agents' statusRepo puts the status branches
         p.add_argument("--format", choices=["text", "json"], default="text")
     once = run_p.add_mutually_exclusive_group(required=True)
     once.add_argument("--once", action="store_true", help="one run, then exit")
@@ -41,16 +40,6 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "run":
         return _run(args)
     return _status(args)
-
-
-def _status_repo(args: argparse.Namespace) -> FleetRepo | None:
-    from reconciler.views.options import open_from_args
-
-    if not args.status_repo:
-        return None
-    copy = argparse.Namespace(**vars(args))
-    copy.repo, copy.path, copy.cache_dir = args.status_repo, "", None
-    return open_from_args(copy)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -68,9 +57,10 @@ def _run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cache = args.cache_dir or default_cache_dir(args.repo).with_suffix(".rollout.git")
-    mirror = FleetMirror(cache, args.repo, args.branch, GitAuth(ssh_key=args.ssh_key, known_hosts=args.known_hosts))
+    auth = GitAuth(ssh_key=args.ssh_key, known_hosts=args.known_hosts)
+    mirror = FleetMirror(cache, args.repo, args.branch, auth)
+    controller = Controller(mirror, args.path, args.status_repo, args.sign_key, auth)
     while True:
-        controller = Controller(mirror, args.path, _status_repo(args), args.sign_key)
         try:
             results = controller.run_once(time.time())
         except Transient as exc:
@@ -92,7 +82,7 @@ def _status(args: argparse.Namespace) -> int:
     from reconciler.views.options import open_from_args
 
     fleet = open_from_args(args)
-    results = evaluate(fleet, _status_repo(args) or fleet, fleet.main_tip(), time.time())
+    results = evaluate(fleet, fleet.main_tip(), time.time())
     if args.name:
         results = [e for e in results if e.rollout.name == args.name]
         if not results:

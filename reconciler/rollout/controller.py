@@ -22,13 +22,13 @@ from reconciler.fleet.resolve import Resolver
 from reconciler.fleet.rollouts import Rollout, problems
 from reconciler.fleet.source import GitSource
 from reconciler.fleet.view import FleetView
-from reconciler.git.mirror import FleetMirror
+from reconciler.git.mirror import FleetMirror, GitAuth, redact
 from reconciler.rollout import commit as commits
 from reconciler.rollout import edit
 from reconciler.rollout.cohort import Classifier, Member, count, members
 from reconciler.rollout.decide import Counts, Decision, decide
 from reconciler.rollout.history import step_starts
-from reconciler.views.fleetrepo import FleetRepo
+from reconciler.views.fleetrepo import FleetRepo, open_fleet_repo
 from reconciler.views.snapshot import parse_time
 
 log = logging.getLogger("reconciler.rollout")
@@ -45,8 +45,9 @@ class Evaluation:
     commit: str | None = None  # the decision's commit, once made
 
 
-def evaluate(fleet: FleetRepo, status: FleetRepo, tip: pygit2.Oid, now: float) -> list[Evaluation]:
-    """Every rollout of the fleet branch at ``tip`` with its cohort, counts and the decision due now."""
+def evaluate(fleet: FleetRepo, tip: pygit2.Oid, now: float) -> list[Evaluation]:
+    """Every rollout of the fleet branch at ``tip`` with its cohort, counts and the decision due now; status
+    branches come from ``fleet.statuses`` (the fleet repo, or a status repository of their own)."""
     view = FleetView(GitSource(fleet.repo, tip, fleet.subdir))
     resolver = Resolver(view, all_groups=True)
     book = resolver.rollouts
@@ -55,7 +56,7 @@ def evaluate(fleet: FleetRepo, status: FleetRepo, tip: pygit2.Oid, now: float) -
     for p in problems(book, docs, view.groups(), {r.model: view.model(r.model) for r in book.all},
                       set(view.device_names())):
         invalid.setdefault(p.file, p.format())
-    tips = status.status_tips()
+    tips = fleet.status_tips()
     prefix = f"{fleet.subdir}/" if fleet.subdir else ""
     out = []
     for r in book.all:
@@ -69,7 +70,7 @@ def evaluate(fleet: FleetRepo, status: FleetRepo, tip: pygit2.Oid, now: float) -
         starts = step_starts(fleet.repo, tip, prefix + r.path)
         since = parse_time(r.since)
         started = since.timestamp() if since is not None else float(starts[r.step].time if r.step in starts else now)
-        classifier = Classifier(fleet.repo, status.repo, tips, starts)
+        classifier = Classifier(fleet.repo, fleet.statuses, tips, starts)
         found = tuple(classifier.classify(r, m) for m in members(resolver, r))
         counts = count(list(found))
         out.append(Evaluation(r, found, counts, decide(r, counts, now, started)))
@@ -112,18 +113,22 @@ def decision_commit(repo: pygit2.Repository, parent: pygit2.Oid, subdir: str, ev
 
 
 class Controller:
-    """One fleet repository reached through a mirror (fetch, commit, push); status read from ``status``
-    (by default the same repository)."""
+    """One fleet repository reached through a mirror (fetch, commit, push); status branches read from it, or
+    from ``status_location`` (the agents' ``statusRepo``), fetched afresh at each run."""
 
-    def __init__(self, mirror: FleetMirror, subdir: str = "", status: FleetRepo | None = None,
-                 sign_key: Path | None = None) -> None:
+    def __init__(self, mirror: FleetMirror, subdir: str = "", status_location: str | None = None,
+                 sign_key: Path | None = None, auth: GitAuth | None = None) -> None:
         self.mirror = mirror
         self.subdir = subdir.strip("/")
-        self.status = status
+        self.status_location = status_location
         self.sign_key = sign_key
+        self.auth = auth
 
     def fleet(self) -> FleetRepo:
-        return FleetRepo(self.mirror.repo, self.mirror.branch, self.subdir, self.mirror.url)
+        status = None
+        if self.status_location is not None:
+            status = open_fleet_repo(self.status_location, branch=self.mirror.branch, auth=self.auth).repo
+        return FleetRepo(self.mirror.repo, self.mirror.branch, self.subdir, redact(self.mirror.url), status)
 
     def run_once(self, now: float) -> list[Evaluation]:
         """Fetch, decide every rollout, commit the decisions (one commit each) and push them."""
@@ -131,7 +136,7 @@ class Controller:
             self.mirror.fetch_all()
             fleet = self.fleet()
             tip = fleet.main_tip()
-            results = evaluate(fleet, self.status or fleet, tip, now)
+            results = evaluate(fleet, tip, now)
             head = tip
             done = []
             for ev in results:

@@ -321,3 +321,18 @@ def test_plan_of_a_rollout_shows_cohort_sizes_and_the_devices_that_change(
             "(devices d00, d01) Progressing)") in out
     assert f"{len(half)} device{'s' if len(half) != 1 else ''} affected" in out
     assert all(f"{d} (changed)" in out for d in half) and "d00 (changed)" not in out
+
+
+def test_status_branches_in_a_status_repository_of_their_own(fleet: Fleet, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    statuses = tmp_path / "status.git"
+    git(tmp_path, "init", "-q", "--bare", str(statuses))
+    fleet.commit("rollouts/m2.yaml", rollout_yaml("[{devices: [d00]}, {percent: 100}]"))
+    put_status(statuses, "d00", status_doc("d00", "Ready", fleet.tip(), [("m", "2.0", "running")], time.time()),
+               time.time())
+    assert fleet.run() == []  # the fleet repo holds no status branch
+    Controller(fleet.mirror, status_location=str(statuses)).run_once(time.time())
+    assert "advance to step 2/2" in git(fleet.server, "log", "-1", "--format=%s", "main")
+    capsys.readouterr()
+    assert main(["rollout", "status", "--repo", str(fleet.server), "--status-repo", str(statuses)]) == 0
+    assert "step 2/2 (100%), Progressing; cohort 20: 1 healthy, 0 failed, 19 unknown" in capsys.readouterr().out
