@@ -6,10 +6,16 @@ Standard library only: the per-workload supervisor imports it too and must start
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from reconciler.errors import DiskFull
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 _SYNC_FILE_RANGE_WRITE = 2
 _libc: Any = None
@@ -45,18 +51,35 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Temp file in the same directory, fsync, rename over ``path``, fsync the directory."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def is_disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in _FULL
+
+
+@contextlib.contextmanager
+def disk_full_as_waiting(path: Path | str) -> Iterator[None]:
+    """ENOSPC or EDQUOT in the block becomes ``DiskFull`` naming ``path``: retried later, never a crash."""
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        yield
+    except OSError as exc:
+        if exc.errno in _FULL:
+            raise DiskFull(f"{path}: no space left on device ({os.strerror(exc.errno or 0)})") from None
         raise
-    fsync_dir(path.parent)
+
+
+def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Temp file in the same directory, fsync, rename over ``path``, fsync the directory.  A full disk is
+    ``DiskFull`` and leaves the old file as it was."""
+    with disk_full_as_waiting(path):
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, mode)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        fsync_dir(path.parent)

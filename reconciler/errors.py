@@ -12,9 +12,12 @@
     │   ├── PushRejected            the git server refused a ref update
     │   └── RuntimeUnavailable      the configured runtime cannot run here (e.g. no Docker daemon)
     ├── Waiting                     retry after ``retry_after`` seconds (e.g. lock held, disk budget)
-    │   └── LockHeld
+    │   ├── LockHeld
+    │   └── DiskFull                ENOSPC / EDQUOT while writing: names the path
     └── Transient                   retry with backoff: network errors, timeouts, 5xx
-        └── DeadlineExceeded
+        ├── DeadlineExceeded
+        └── Unexpected              any other exception out of one agent pass (a bug): logged with its
+                                    traceback, reported, and the loop backs off and goes on
 
 Third-party exceptions are translated into these at the adapter boundary (git, registry, runtimes).
 Messages never contain secrets: adapters build them from names and references, never from credentials.
@@ -120,6 +123,13 @@ class LockHeld(Waiting):
     reason = "LockHeld"
 
 
+class DiskFull(Waiting):
+    reason = "DiskFull"
+
+    def __init__(self, message: str, retry_after: float = 60.0) -> None:
+        super().__init__(message, retry_after)
+
+
 class Transient(ReconcilerError):
     """Retry with bounded exponential backoff."""
 
@@ -128,3 +138,7 @@ class Transient(ReconcilerError):
 
 class DeadlineExceeded(Transient):
     reason = "DeadlineExceeded"
+
+
+class Unexpected(Transient):
+    reason = "InternalError"

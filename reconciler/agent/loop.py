@@ -21,7 +21,7 @@ from reconciler.agent.config import AgentConfig
 from reconciler.agent.cycle import Cycle
 from reconciler.agent.liveness import Liveness
 from reconciler.agent.reconcile import Reconciler
-from reconciler.errors import LockHeld, ReconcilerError, Stalled
+from reconciler.errors import LockHeld, ReconcilerError, Stalled, Unexpected
 
 log = logging.getLogger("reconciler.agent")
 BACKOFF_START = 5.0
@@ -67,6 +67,12 @@ class Agent:
         self.liveness.begin()
         try:
             cycle = self.reconciler.run_once()
+        except ReconcilerError as exc:  # reporting itself failed (a full disk while saving state)
+            log.error("pass failed while reporting: %s", exc)
+            cycle = Cycle(error=exc)
+        except Exception as exc:  # a bug must not end the loop that keeps the models running
+            log.exception("pass failed")
+            cycle = Cycle(error=Unexpected(f"internal error: {type(exc).__name__}: {exc}"))
         finally:
             self.liveness.end()
         seconds = time.monotonic() - started

@@ -29,11 +29,13 @@ from reconciler.agent.poll import Poller
 from reconciler.agent.state import AgentState
 from reconciler.credentials import CredentialStore, mask
 from reconciler.errors import (
+    DiskFull,
     InvalidConfig,
     NonFastForward,
     NotFound,
     ReconcilerError,
     Stalled,
+    Unexpected,
     Untrusted,
     Waiting,
 )
@@ -83,6 +85,7 @@ class Reconciler:
         self.current: Cycle | None = None  # the pass under way (log lines name its commit)
         self.last_status: dict[str, object] | None = None  # the last status document built (the local API)
         self._secrets: tuple[str, ...] | None = None
+        self._last_commit_monotonic: float | None = None  # heartbeats count on the monotonic clock
         self.trust: TrustGate | None = None
         if config.allowed_signers is not None:
             from reconciler.agent.trustgate import TrustGate
@@ -103,6 +106,9 @@ class Reconciler:
         except ReconcilerError as exc:
             cycle.error = exc
             log.warning("cycle stopped: %s", self._mask(str(exc)).splitlines()[0])
+        except Exception as exc:  # a bug or MemoryError: logged with its traceback, reported, retried
+            cycle.error = Unexpected(self._mask(f"internal error: {type(exc).__name__}: {exc}"))
+            log.exception("cycle stopped by an unexpected error")
         finally:
             self.report(cycle)
         self.last_cycle = cycle
@@ -127,6 +133,15 @@ class Reconciler:
 
     def verify(self, cycle: Cycle) -> None:
         applied = self._applied_oid()
+        if applied is None and self.state.applied_commit and cycle.tip is not None:
+            # The fetch brought the tip's whole history, so an applied commit the mirror does not hold is not
+            # in it (the mirror was deleted or re-cloned, and main was force-pushed): refuse, whatever the
+            # mirror remembers.  What runs keeps running; nothing here can be applied.
+            if cycle.polled is not None:
+                self.poller.refuse(cycle.polled)
+            raise NonFastForward(
+                f"fetched {self.config.branch} at {str(cycle.tip)[:12]} does not contain the applied commit "
+                f"{self.state.applied_commit[:12]}: refusing to rewind; what runs keeps running")
         if applied is None or cycle.target is None or cycle.target == applied:
             return
         if not self.mirror.is_descendant(cycle.target, applied):
@@ -248,17 +263,20 @@ class Reconciler:
         self.last_status = doc
         heartbeat = (cycle.desired.settings.get("heartbeatInterval", 3600.0) if cycle.desired else 3600.0)
         previous = self.writer.previous_text()
-        due = time.time() - self.state.last_status_commit >= heartbeat
+        due = self._heartbeat_due(heartbeat)
         try:
             if due or status_doc.significant(previous) != status_doc.significant(status_doc.render(doc)):
                 message = f"{phase}: {conditions[0]['message'][:200]}" if conditions else phase
                 if self.writer.commit(status_doc.render(doc), message) is not None:
                     self.state.last_status_commit = time.time()
+                    self._last_commit_monotonic = time.monotonic()
             outcome = self.writer.push()
             self.state.push_error = None if outcome.pushed else outcome.message
             self.state.push_refused = False
             if not outcome.pushed:
                 log.warning("status not pushed: %s", outcome.message)
+        except DiskFull as exc:  # not a refusal: the commit is made again when there is room
+            log.error("status not committed: %s", exc)
         except ReconcilerError as exc:
             # refused by the server: never mistaken for success; kept for the next status and the log
             self.state.push_error = self._mask(str(exc))
@@ -268,6 +286,14 @@ class Reconciler:
             self.state.save(self.data_dir)
 
     # -- helpers -------------------------------------------------------------------------------------------
+    def _heartbeat_due(self, heartbeat: float) -> bool:
+        """Intervals on the monotonic clock while the agent runs; across a restart, the wall clock of the last
+        status commit, where a clock set back (elapsed < 0) counts as due rather than stopping heartbeats."""
+        if self._last_commit_monotonic is not None:
+            return time.monotonic() - self._last_commit_monotonic >= heartbeat
+        elapsed = time.time() - self.state.last_status_commit
+        return elapsed < 0 or elapsed >= heartbeat
+
     def _verified(self, cycle: Cycle) -> tuple[str, str, str] | None:
         if self.trust is None:
             return None

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.artifacts.manifest import safe_relative_path
-from reconciler.errors import IntegrityError
+from reconciler.durable import is_disk_full
+from reconciler.errors import DiskFull, IntegrityError
 
 MAX_MEMBERS = 100_000
 _CHUNK = 1024 * 1024
@@ -81,6 +82,8 @@ def extract(archive: Path, dest: Path, *, compression: str, max_bytes: int, what
                 else:
                     raise IntegrityError(f"{what}: archive member {name!r} is a device, fifo or unknown type")
     except (tarfile.TarError, EOFError, OSError) as exc:
+        if is_disk_full(exc):
+            raise DiskFull(f"{dest}: no space left on device while extracting {what}") from None
         if isinstance(exc, OSError) and exc.errno is not None:
             raise IntegrityError(f"{what}: cannot extract archive: {exc.strerror}") from None
         # A corrupt gzip stream is an OSError without errno.

@@ -32,6 +32,7 @@ from reconciler.artifacts.reference import Reference
 from reconciler.artifacts.session import OrasSession, is_loopback
 from reconciler.artifacts.sink import BlobSink
 from reconciler.credentials import Credential, mask
+from reconciler.durable import disk_full_as_waiting
 from reconciler.errors import DeadlineExceeded, IntegrityError, NotFound, Stalled, Transient
 from reconciler.model import RegistryConfig
 
@@ -224,7 +225,8 @@ class RegistryClient:
                 if offset and (response.status_code != 206 or not _starts_at(response, offset)):
                     # The registry ignored Range: take the full body from the start.
                     hasher, offset = hashlib.sha256(), 0
-                with open(ingest, "ab" if offset else "wb") as f, BlobSink(f, hasher, offset) as sink:
+                with disk_full_as_waiting(ingest), open(ingest, "ab" if offset else "wb") as f, \
+                        BlobSink(f, hasher, offset) as sink:
                     written = offset
                     for chunk in response.iter_content(CHUNK):
                         room = desc.size - written

@@ -14,7 +14,7 @@ import time
 
 import pygit2
 
-from reconciler.errors import PushRejected, Transient
+from reconciler.errors import DiskFull, PushRejected, Transient
 from reconciler.git.mirror import FleetMirror, PushOutcome, ref_target, tracking_ref
 
 __all__ = ["PushOutcome", "StatusWriter"]
@@ -61,9 +61,18 @@ class StatusWriter:
         """Commit ``text`` as status.yaml; None when it equals the previous status.
 
         libgit2 writes the objects, then moves the ref with a lock file and a rename (fsynced, see
-        FleetMirror), so a power cut leaves either the old or the new tip, never a broken ref."""
+        FleetMirror), so a power cut leaves either the old or the new tip, never a broken ref.  A full disk
+        is ``DiskFull``: the previous tip stays, and the next pass commits again."""
         if text == self.previous_text():
             return None
+        try:
+            return self._commit(text, message)
+        except pygit2.GitError as exc:
+            if "no space left" in str(exc).lower():
+                raise DiskFull(f"{self.repo.path}: no space left on device for the status commit") from None
+            raise
+
+    def _commit(self, text: str, message: str) -> pygit2.Oid:
         base = self._base()
         builder = self.repo.TreeBuilder()
         builder.insert(STATUS_FILE, self.repo.create_blob(text.encode("utf-8")), pygit2.enums.FileMode.BLOB)

@@ -1,0 +1,59 @@
+"""The agent lab of the hardening scenarios: one real registry per module with three published versions."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.agentlab import Lab, publish, stop_workloads
+from tests.services.registry import run_registry
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
+    work = tmp_path_factory.mktemp("registry")
+    with run_registry(work) as reg:
+        refs = {v: publish(reg.address, work, "models/counter", v, f"weights {v}".encode() * 1000)
+                for v in ("1.0", "2.0", "3.0")}
+        yield reg.address, refs
+
+
+@pytest.fixture
+def lab(tmp_path: Path, artifacts: tuple[str, dict[str, str]]) -> Iterator[Lab]:
+    address, refs = artifacts
+    lab = Lab(tmp_path, address, refs)
+    lab.setup()
+    with stop_workloads(lab.data_dir):
+        yield lab
+
+
+@contextlib.contextmanager
+def small_disk(path: Path, size: str) -> Iterator[Path]:
+    """A real filesystem of ``size`` (tmpfs, needs root as CI has) mounted at ``path``."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(path: Path) -> Path:
+    """Write into ``path`` until its filesystem is full; returns the filler file."""
+    filler = path / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        with contextlib.suppress(OSError):
+            while os.write(fd, b"\0" * 65536):
+                pass
+        with contextlib.suppress(OSError):
+            while os.write(fd, b"\0"):
+                pass
+    finally:
+        os.close(fd)
+    return filler
