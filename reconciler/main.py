@@ -32,6 +32,7 @@ COMMANDS: dict[str, str] = {
     "beacon": "Write the change beacon devices poll instead of git (server side).",
     "device-status": "The local view of this device, from the running agent's API socket.",
     "rollout": "Staged rollouts: decide and commit (run), or show each rollout's cohort and counts (status).",
+    "device": "Enrol a device (key, git server rule, device file, join bundle) or remove it.",
 }
 
 

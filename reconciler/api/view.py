@@ -42,7 +42,7 @@ def build_view(device: str, status: Mapping[str, Any], state_models: Mapping[str
         address = f"127.0.0.1:{port}" if port is not None and runtime == "process" else info.get("address")
         models.append({"name": entry["name"], "version": entry["version"], "digest": entry.get("digest"),
                        "state": entry.get("state"), "since": entry.get("since"), "address": address,
-                       "signer": info.get("signer"), "lastError": entry.get("lastError")})
+                       "signer": entry.get("signedBy"), "lastError": entry.get("lastError")})
     settings = {d.detector_id: d.to_dict() for d in desired.detectors} if desired else {}
     detectors = tuple({**settings.get(d["detector_id"], {}), **d} for d in status.get("detectors") or [])
     restarts: dict[str, int] = {}

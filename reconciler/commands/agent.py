@@ -1,4 +1,4 @@
-"""reconciler agent --config FILE [--once]"""
+"""reconciler agent --config FILE [--once]  |  reconciler agent join BUNDLE [--config FILE] [--force] [--start]"""
 
 from __future__ import annotations
 
@@ -12,10 +12,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     parser.add_argument("--log-format", choices=["text", "json"],
                         help="text, or json: one object per line (default: logFormat of the config, else text)")
+    sub = parser.add_subparsers(dest="agent_command", metavar="join", parser_class=type(parser))
+    join = sub.add_parser("join", help="install a join bundle from `reconciler device enroll` on this device",
+                          description="Install a join bundle (agent config, ssh key, known_hosts, trust anchors), "
+                                      "files mode 0600; refuses an expired bundle and removes it once installed.")
+    join.add_argument("bundle", help="the bundle file")
+    join.add_argument("--config", dest="join_config", default="/etc/reconciler/agent.yaml",
+                      help="where the agent configuration goes; key files go beside it (default: %(default)s)")
+    join.add_argument("--force", action="store_true", help="replace an existing configuration")
+    join.add_argument("--start", action="store_true",
+                      help="then run the agent in this process (where there is no systemd, e.g. a container)")
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
+
+    if getattr(args, "agent_command", None) == "join":
+        return _join(args)
 
     from reconciler.agent import config as agentconfig
     from reconciler.agent.loop import Agent, single_instance
@@ -33,6 +46,22 @@ def run(args: argparse.Namespace) -> int:
         from reconciler.service.daemon import run_service
 
         return run_service(agent)
+
+
+def _join(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from reconciler.enrolment.join import join
+
+    joined = join(Path(args.bundle), Path(args.join_config), force=args.force)
+    print(f"joined as {joined.device}: {joined.config} (and {', '.join(p.name for p in joined.files)}); "
+          f"the bundle {args.bundle} was removed")
+    if not args.start:
+        print("start the agent: systemctl enable --now reconciler-agent "
+              f"(or: reconciler agent --config {joined.config})")
+        return 0
+    args.agent_command, args.config = None, args.join_config
+    return run(args)
 
 
 def _summary(agent: object) -> list[str]:

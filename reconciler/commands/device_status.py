@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 DEFAULT_CONFIG = Path("/etc/reconciler/agent.yaml")
@@ -41,7 +42,7 @@ def _socket_from_config(path: Path | None) -> Path:
     from reconciler.agent import config as agentconfig
     from reconciler.api.server import is_unix
 
-    if path is None and not DEFAULT_CONFIG.exists():
+    if path is None and not os.access(DEFAULT_CONFIG, os.R_OK):  # 0600 root's: a group member reads the socket
         return DEFAULT_SOCKET
     config = agentconfig.load(path or DEFAULT_CONFIG)
     if config.api_listen is None:

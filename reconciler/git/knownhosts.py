@@ -109,3 +109,21 @@ def _host_matches(patterns: str, name: str) -> bool:
 
 def _fingerprint(blob: bytes) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+def host_lines(path: Path, host: str, port: int) -> list[str]:
+    """The lines of ``path`` that list keys for ``host``/``port`` (to hand a device only what it needs)."""
+    name = host if port == 22 else f"[{host}]:{port}"
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise AuthError(f"cannot read known_hosts file {path}: {exc.strerror}") from None
+    out = []
+    for line in lines:
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        patterns = fields[1] if fields[0].startswith("@") and len(fields) > 1 else fields[0]
+        if _host_matches(patterns, name):
+            out.append(line.strip())
+    return out

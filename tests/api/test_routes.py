@@ -24,7 +24,7 @@ COMMIT = "ab" * 20
 
 def status(phase: str = "Ready") -> dict[str, Any]:
     models = {"counter": {"version": "1.0", "digest": DIGEST, "state": "running", "since": "2026-01-01T00:00:00Z",
-                          "workload": {"port": 8123}, "signer": "release@acme"},
+                          "workload": {"port": 8123}, "signatures": {"1.0": "release@acme"}},
               "broken": {"version": "2.0", "state": "failed", "lastError": "version 2.0: exited 1"}}
     desired = DesiredState(device="edge1", labels={}, groups=("all",), models=(),
                            detectors=(Detector("det_a", "counter", "all", confidence_threshold=0.75),), config={})

@@ -186,9 +186,9 @@ def _gitolite_conf(repo: str, devices: Sequence[str], status_repo: str | None = 
     return "\n".join([*lines, "", f"repo {status_repo}", "    RW+ = admin", *rules]) + "\n"
 
 
-def _sshd_config(workdir: Path, port: int, authorized_keys: Path) -> str:
+def _sshd_config(workdir: Path, port: int, authorized_keys: Path, home: Path | None = None) -> str:
     return "\n".join(
-        [
+        ([f"SetEnv HOME={home}"] if home is not None else []) + [
             f"Port {port}",
             "ListenAddress 127.0.0.1",
             f"HostKey {workdir / 'ssh_host_ed25519_key'}",
@@ -212,11 +212,16 @@ def _sshd_config(workdir: Path, port: int, authorized_keys: Path) -> str:
 
 @contextlib.contextmanager
 def run_git_server(
-    workdir: Path, devices: Sequence[str] = ("dev1", "dev2"), repo: str = "fleet", status_repo: str | None = None
+    workdir: Path, devices: Sequence[str] = ("dev1", "dev2"), repo: str = "fleet", status_repo: str | None = None,
+    gitolite_keys: bool = False,
 ) -> Iterator[GitServer]:
     """Start gitolite behind sshd on 127.0.0.1:<random port>; everything lives under ``workdir`` except the
     gitolite home (see the module docstring).  The repo ``repo`` exists and is empty; so does ``status_repo``
-    when given, and then the devices write their status branches there and only read ``repo``."""
+    when given, and then the devices write their status branches there and only read ``repo``.
+
+    ``gitolite_keys``: sshd reads the ``authorized_keys`` that gitolite itself maintains from ``keydir/`` (as a
+    packaged gitolite does), with ``HOME`` set to this run's gitolite home by sshd's ``SetEnv``; a key pushed to
+    gitolite-admin then works at once, and one removed stops working."""
     user = ensure_git_user()
     workdir.mkdir(parents=True, exist_ok=True)
     # sshd's privilege-separation dir, normally made at boot by the service unit
@@ -275,7 +280,10 @@ def run_git_server(
         for _attempt in range(5):
             port = _free_port()
             config = workdir / "sshd_config"
-            config.write_text(_sshd_config(workdir, port, authorized))
+            if gitolite_keys:
+                config.write_text(_sshd_config(workdir, port, home / ".ssh" / "authorized_keys", home))
+            else:
+                config.write_text(_sshd_config(workdir, port, authorized))
             sshd = _Sshd(config, workdir / "sshd.log", port)
             try:
                 sshd.start()
@@ -305,4 +313,10 @@ else:
     def git_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
         """gitolite over ssh: users admin, dev1, dev2 and an empty repo ``fleet`` (one per test module)."""
         with run_git_server(tmp_path_factory.mktemp("gitserver")) as server:
+            yield server
+
+    @pytest.fixture(scope="module")
+    def gitolite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GitServer]:
+        """Like ``git_server``, but sshd trusts the keys gitolite-admin registers (enrolment adds and removes them)."""
+        with run_git_server(tmp_path_factory.mktemp("gitolite"), gitolite_keys=True) as server:
             yield server
