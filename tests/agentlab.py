@@ -25,15 +25,19 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def publish(registry_address: str, workdir: Path, repo: str, tag: str, weights: bytes) -> str:
-    """Push serve.py + weights.bin as an artifact; returns the pinned reference."""
+def publish(registry_address: str, workdir: Path, repo: str, tag: str, weights: bytes,
+            extra: dict[str, bytes] | None = None) -> str:
+    """Push serve.py + weights.bin (+ ``extra`` files) as an artifact; returns the pinned reference."""
     src = workdir / f"src-{repo.replace('/', '-')}-{tag}"
     src.mkdir(parents=True, exist_ok=True)
     (src / "serve.py").write_bytes(SERVE.read_bytes())
     (src / "weights.bin").write_bytes(weights)
+    for name, data in (extra or {}).items():
+        (src / name).write_bytes(data)
+    files = [str(src / "serve.py"), str(src / "weights.bin"), *(str(src / n) for n in extra or {})]
     out = subprocess.run(
-        [str(Path(__import__("sys").executable)), "-m", "reconciler", "publish", str(src / "serve.py"),
-         str(src / "weights.bin"), "--to", f"{registry_address}/{repo}:{tag}"],
+        [str(Path(__import__("sys").executable)), "-m", "reconciler", "publish", *files,
+         "--to", f"{registry_address}/{repo}:{tag}"],
         check=True, capture_output=True, text=True, cwd=workdir)
     return out.stdout.strip().splitlines()[-1]
 

@@ -71,6 +71,9 @@ class Executor:
             o = observed.get(name)
             perf = info.setdefault("performance", {})
             if o is not None and o.state == "running" and info.get("specHash") == w.spec_hash:
+                if info.get("state") in ("rolledBack", "failed"):
+                    # what runs is desired again (a rollout aborted, a pin reverted): the failure is history
+                    info.update({"state": "running", "lastError": None, "since": now_iso()})
                 if o.memory_bytes is not None:
                     perf["memoryBytes"] = o.memory_bytes
                 if o.cpu_percent is not None:
