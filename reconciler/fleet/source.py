@@ -7,11 +7,12 @@ import errno
 import os
 import stat
 from pathlib import Path
-from typing import Protocol, cast
-
-import pygit2
+from typing import TYPE_CHECKING, Protocol, cast
 
 from reconciler.errors import NotFound, ReconcilerError, UsageError
+
+if TYPE_CHECKING:  # pygit2 loads with the first GitSource: validate and render of a directory never need it
+    import pygit2
 
 YAML_SUFFIXES = (".yaml", ".yml")
 _LINK = 0o120000  # git's mode of a symbolic link
@@ -102,6 +103,8 @@ class GitSource:
     """One commit of a repository; ``subdir`` is where the fleet config lives inside the tree."""
 
     def __init__(self, repo: pygit2.Repository, rev: str | pygit2.Oid, subdir: str = "") -> None:
+        import pygit2
+
         self.repo = repo
         obj = _peel(repo, rev)
         self.commit: pygit2.Commit | None = obj if isinstance(obj, pygit2.Commit) else None
@@ -113,7 +116,7 @@ class GitSource:
                 sub = tree[self.subdir]
             except KeyError:
                 raise NotFound(f"{self.subdir}: no such directory at {rev}") from None
-            tree = cast(pygit2.Tree, repo[sub.id])
+            tree = cast("pygit2.Tree", repo[sub.id])
         self.tree: pygit2.Tree = tree
         self._trees: dict[str, pygit2.Tree | None] = {}
         self.label = f"{rev if isinstance(rev, str) else ''}@{obj.short_id}".lstrip("@")
@@ -128,7 +131,7 @@ class GitSource:
                     entry = tree[part] if tree is not None else None
                 except KeyError:
                     entry = None
-                tree = cast(pygit2.Tree, self.repo[entry.id]) if entry is not None and entry.type_str == "tree" else None
+                tree = cast("pygit2.Tree", self.repo[entry.id]) if entry is not None and entry.type_str == "tree" else None
             self._trees[directory] = tree
         return self._trees[directory]
 
@@ -148,7 +151,7 @@ class GitSource:
             return None
         if entry.filemode == _LINK:  # the blob is the link's target, not a document
             raise UnsafeFile(f"{path}: a symbolic link: fleet files must be plain files (not followed)")
-        data: bytes = cast(pygit2.Blob, self.repo[entry.id]).data
+        data: bytes = cast("pygit2.Blob", self.repo[entry.id]).data
         return data
 
     def names(self, directory: str) -> list[str]:
@@ -174,11 +177,13 @@ class GitSource:
 
 
 def _peel(repo: pygit2.Repository, rev: str | pygit2.Oid) -> pygit2.Commit | pygit2.Tree:
+    import pygit2
+
     """A commit, or a bare tree (the pre-commit hook validates the index written as a tree)."""
     try:
         obj = repo[rev] if isinstance(rev, pygit2.Oid) else repo.revparse_single(rev)
         if obj.type_str == "tree":
-            return cast(pygit2.Tree, obj)
+            return cast("pygit2.Tree", obj)
         commit: pygit2.Commit = obj.peel(pygit2.Commit)
     except (KeyError, ValueError, pygit2.GitError, pygit2.InvalidSpecError):
         raise NotFound(f"unknown revision {rev!r} in {repo.path}") from None
@@ -186,6 +191,8 @@ def _peel(repo: pygit2.Repository, rev: str | pygit2.Oid) -> pygit2.Commit | pyg
 
 
 def open_repo(path: str | Path) -> pygit2.Repository:
+    import pygit2
+
     found = pygit2.discover_repository(str(path))
     if found is None:
         raise UsageError(f"{path}: not a git repository (use a directory path without --rev)")
