@@ -33,6 +33,7 @@ COMMANDS: dict[str, str] = {
     "device-status": "The local view of this device, from the running agent's API socket.",
     "rollout": "Staged rollouts: decide and commit (run), or show each rollout's cohort and counts (status).",
     "device": "Enrol a device (key, git server rule, device file, join bundle) or remove it.",
+    "bundle": "Air-gapped updates: create a bundle, apply it on a device, import the status it brings back.",
 }
 
 

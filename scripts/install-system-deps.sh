@@ -2,7 +2,7 @@
 # Installs the Debian packages the integration tests and the demo start (idempotent).
 # As root it installs what is missing; otherwise it prints the command to run.
 set -euo pipefail
-pkgs=(docker.io docker-registry gitolite3 openssh-server openssh-client busybox-static curl git systemd)
+pkgs=(docker.io docker-registry gitolite3 openssh-server openssh-client busybox-static curl git systemd skopeo)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -80,6 +80,7 @@ class AgentConfig:
     status_repo: RepoAccess | None = None  # None: status branches go to the fleet repo
     mirrors: tuple[str, ...] = ()  # read-only fleet repo mirrors, tried before repo_url
     beacon: Beacon | None = None
+    offline_watch: Path | None = None  # a directory (a mount point) where bundles to apply appear
 
     def local_repo_path(self) -> Path | None:
         """The fleet repository's directory when it is on this machine (watched for changes)."""
@@ -158,6 +159,7 @@ def load(path: Path | None, environ: Mapping[str, str] | None = None) -> AgentCo
         beacon=None if beacon is None else Beacon(
             beacon["url"], int(beacon.get("fullFetchEvery", DEFAULT_FULL_FETCH_EVERY)),
             float(beacon.get("timeout", 5.0))),
+        offline_watch=p((data.get("offline") or {}).get("watch")),
     )
 
 

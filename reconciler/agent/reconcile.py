@@ -23,6 +23,7 @@ from reconciler.agent import detectors as detectors_file
 from reconciler.agent.config import AgentConfig
 from reconciler.agent.cycle import Cycle
 from reconciler.agent.executor import Executor, now_iso
+from reconciler.agent.medium import Medium
 from reconciler.agent.modelgate import ModelGate
 from reconciler.agent.plan import plan
 from reconciler.agent.poll import Poller
@@ -92,6 +93,8 @@ class Reconciler:
 
             self.trust = TrustGate(config)
         self.model_gate = ModelGate(config.model_keys, config.repo_path)
+        # set for one pass by `bundle apply`: the bundle stands in for the server and the registry
+        self.medium: Medium | None = None
         self.executor = Executor(self.state, config.device, self.data_dir, runtime=self._runtime,
                                  store=self._store_for, mask=self._mask)
 
@@ -117,8 +120,11 @@ class Reconciler:
     # -- steps ---------------------------------------------------------------------------------------------
     def fetch(self, cycle: Cycle) -> None:
         try:
-            cycle.polled = self.poller.poll()
-            cycle.tip = cycle.polled.tip
+            if self.medium is not None:  # an air-gap bundle: no poll, no network
+                cycle.tip = self.medium.fetch(self.mirror)
+            else:
+                cycle.polled = self.poller.poll()
+                cycle.tip = cycle.polled.tip
             self.state.observed_commit = str(cycle.tip)
         except ReconcilerError as exc:
             cycle.fetch_error = exc
@@ -198,8 +204,8 @@ class Reconciler:
             if not m.artifact:
                 continue
             info = self.state.models.setdefault(m.name, {})
-            result = self._store_for().pull(m.artifact, self._client(m.registry, cycle.desired), model=m.name,
-                                            version=m.version)
+            source = self.medium.blobs() if self.medium else self._client(m.registry, cycle.desired)
+            result = self._store_for().pull(m.artifact, source, model=m.name, version=m.version)
             cycle.pulled_bytes += result.bytes_downloaded
             if not result.cached:
                 cycle.did_work = True
@@ -270,11 +276,12 @@ class Reconciler:
                 if self.writer.commit(status_doc.render(doc), message) is not None:
                     self.state.last_status_commit = time.time()
                     self._last_commit_monotonic = time.monotonic()
-            outcome = self.writer.push()
-            self.state.push_error = None if outcome.pushed else outcome.message
-            self.state.push_refused = False
-            if not outcome.pushed:
-                log.warning("status not pushed: %s", outcome.message)
+            if self.medium is None:  # with a bundle, status goes back on the medium (bundle/statusfile.py)
+                outcome = self.writer.push()
+                self.state.push_error = None if outcome.pushed else outcome.message
+                self.state.push_refused = False
+                if not outcome.pushed:
+                    log.warning("status not pushed: %s", outcome.message)
         except DiskFull as exc:  # not a refusal: the commit is made again when there is room
             log.error("status not committed: %s", exc)
         except ReconcilerError as exc:

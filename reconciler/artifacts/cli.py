@@ -31,22 +31,24 @@ def add_registry_arguments(parser: argparse.ArgumentParser) -> None:
                        help="deadline for each registry operation, retries included (default 300)")
 
 
+def load_credentials_file(path: Path) -> dict[str, Any]:
+    """The ``credentials`` mapping of a YAML file laid out as in the agent configuration."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise InvalidConfig(f"{path}: cannot read credentials ({type(exc).__name__})") from None
+    section = doc.get("credentials", doc) if isinstance(doc, dict) else None
+    if not isinstance(section, dict):
+        raise InvalidConfig(f"{path}: expected a 'credentials' mapping")
+    return section
+
+
 def _credential(args: argparse.Namespace) -> Credential | None:
     if not args.credentials:
         return None
-    entries: dict[str, Any] = {}
-    if args.credentials_file is not None:
-        import yaml
-
-        try:
-            doc = yaml.safe_load(args.credentials_file.read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            problem = type(exc).__name__
-            raise InvalidConfig(f"{args.credentials_file}: cannot read credentials ({problem})") from None
-        section = doc.get("credentials", doc) if isinstance(doc, dict) else None
-        if not isinstance(section, dict):
-            raise InvalidConfig(f"{args.credentials_file}: expected a 'credentials' mapping")
-        entries = section
+    entries = load_credentials_file(args.credentials_file) if args.credentials_file is not None else {}
     return CredentialStore(entries).resolve(args.credentials)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import re
 import shutil
@@ -24,13 +25,15 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from reconciler.artifacts.activation import activate
 from reconciler.artifacts.gc import GcResult, collect
 from reconciler.artifacts.layout import META, StoreLayout
 from reconciler.artifacts.manifest import Descriptor, Manifest, parse_manifest, safe_relative_path
 from reconciler.artifacts.reference import Reference
-from reconciler.artifacts.registry import RegistryClient
+from reconciler.artifacts.sink import BlobSink
+from reconciler.artifacts.source import BlobSource
 from reconciler.artifacts.verify import find_damage
 from reconciler.durable import fsync_dir
 from reconciler.errors import IntegrityError, InvalidConfig, ReconcilerError, Stalled, Waiting
@@ -87,12 +90,12 @@ class ArtifactStore(StoreLayout):
 
     # -- pull ---------------------------------------------------------------------------------------
 
-    def pull(self, ref: str, client: RegistryClient, *, model: str, version: str,
+    def pull(self, ref: str, client: BlobSource, *, model: str, version: str,
              progress: Callable[[int, int], None] | None = None) -> PullResult:
         """Pull ``ref`` and activate it as ``models/<model>/<version>``; idempotent."""
         return self._pull(ref, client, model=model, version=version, progress=progress, force=False)
 
-    def _pull(self, ref: str, client: RegistryClient, *, model: str, version: str,
+    def _pull(self, ref: str, client: BlobSource, *, model: str, version: str,
               progress: Callable[[int, int], None] | None, force: bool) -> PullResult:
         started = time.monotonic()
         reference = Reference.parse(ref)
@@ -146,7 +149,7 @@ class ArtifactStore(StoreLayout):
                 retry_after=300.0,
             )
 
-    def _fetch(self, reference: Reference, client: RegistryClient, manifest: Manifest,
+    def _fetch(self, reference: Reference, client: BlobSource, manifest: Manifest,
                missing: list[Descriptor], progress: Callable[[int, int], None] | None) -> int:
         total = manifest.total_size
         done = [total - sum(d.size for d in missing)]
@@ -194,9 +197,57 @@ class ArtifactStore(StoreLayout):
         os.replace(tmp, blob)
         fsync_dir(self.blobs)
 
+    def import_blob(self, digest: str, size: int, stream: IO[bytes]) -> bool:
+        """Take one blob from a local medium (an air-gap bundle), verified as a download is: streamed into
+        ingest/, hashed and fsynced.  It waits there until ``admit``; False when the store has it already
+        (``stream`` is left unread)."""
+        blob = self.blob_path(digest)
+        if blob.is_file():
+            return False
+        with self._locked():
+            self._ensure_dirs()
+            free = shutil.disk_usage(self.root).free
+            if size + self.reserve_bytes > free:
+                raise Waiting(f"not enough disk space to take blob {digest} ({human(size)}) from the medium: "
+                              f"{self.root} has {human(free)} free", retry_after=300.0)
+            ingest = self.ingest / f"{blob.name}.import"
+            hasher = hashlib.sha256()
+            written = 0
+            with open(ingest, "wb") as f, BlobSink(f, hasher, 0) as sink:
+                while written < size and (chunk := stream.read(min(1024 * 1024, size - written))):
+                    sink.put(chunk)
+                    written += len(chunk)
+                sink.close()
+                f.flush()
+                os.fsync(f.fileno())
+            actual = "sha256:" + hasher.hexdigest()
+            if written != size or actual != digest:
+                ingest.unlink(missing_ok=True)
+                got = f"{written} of {size} bytes" if written != size else actual
+                raise IntegrityError(f"blob {digest}: the bytes do not match their digest (got {got})")
+            os.replace(ingest, ingest.with_suffix(".verified"))
+            return True
+
+    def admit(self, digests: Iterable[str]) -> None:
+        """Move blobs ``import_blob`` verified into blobs/ (the whole medium checked out)."""
+        with self._locked():
+            for digest in digests:
+                blob = self.blob_path(digest)
+                verified = self.ingest / f"{blob.name}.verified"
+                if verified.exists():
+                    os.chmod(verified, 0o444)
+                    os.replace(verified, blob)
+            fsync_dir(self.blobs)
+
+    def discard(self) -> None:
+        """Forget every blob ``import_blob`` took that was not admitted (the medium did not check out)."""
+        if self.ingest.is_dir():
+            for verified in self.ingest.glob("*.verified"):
+                verified.unlink(missing_ok=True)
+
     # -- verify -------------------------------------------------------------------------------------
 
-    def verify(self, client_for: Callable[[str], RegistryClient] | None = None,
+    def verify(self, client_for: Callable[[str], BlobSource] | None = None,
                repair: bool = False) -> list[str]:
         """Check every blob and activated file against its digest; returns one line per failure.
 

@@ -269,6 +269,19 @@ class FleetMirror:
         except pygit2.GitError as exc:
             raise _translate(exc, self.url, "fetch") from None
 
+    def fetch_objects(self, url: str, refs: Sequence[str]) -> dict[str, pygit2.Oid | None]:
+        """Fetch the objects of branch ``refs`` from another repository (a local path: an air-gap bundle's
+        content) without touching any ref; the caller decides which refs move.  None for refs it lacks."""
+        remote = self.repo.remotes.create_anonymous(url)
+        try:
+            heads = {h.name: h.oid for h in remote.list_heads(callbacks=_Callbacks(url, self.auth))}
+            wanted = [r for r in refs if r in heads]
+            if wanted:
+                fetch_quietly(remote, wanted, _Callbacks(url, self.auth), pygit2.enums.FetchPrune.NO_PRUNE)
+        except pygit2.GitError as exc:
+            raise _translate(exc, url, "fetch") from None
+        return {r: heads.get(r) for r in refs}
+
     def _remote(self) -> pygit2.Remote:
         self._apply_timeouts()
         return self.repo.remotes[REMOTE]
@@ -322,6 +335,10 @@ class FleetMirror:
             )
         if remote_ref.startswith("refs/heads/"):
             self._set_tracking(remote_ref, ref_target(self.repo, local_ref))
+
+    def set_tracking(self, ref: str, oid: pygit2.Oid | None) -> None:
+        """Record ``oid`` as the server's tip of ``ref`` (a bundle carried it: the sneakernet's fetch)."""
+        self._set_tracking(ref, oid)
 
     def _set_tracking(self, ref: str, oid: pygit2.Oid | None) -> None:
         name = tracking_ref(ref)
