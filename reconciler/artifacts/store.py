@@ -213,13 +213,17 @@ class ArtifactStore(StoreLayout):
             ingest = self.ingest / f"{blob.name}.import"
             hasher = hashlib.sha256()
             written = 0
-            with open(ingest, "wb") as f, BlobSink(f, hasher, 0) as sink:
-                while written < size and (chunk := stream.read(min(1024 * 1024, size - written))):
-                    sink.put(chunk)
-                    written += len(chunk)
-                sink.close()
-                f.flush()
-                os.fsync(f.fileno())
+            try:
+                with open(ingest, "wb") as f, BlobSink(f, hasher, 0) as sink:
+                    while written < size and (chunk := stream.read(min(1024 * 1024, size - written))):
+                        sink.put(chunk)
+                        written += len(chunk)
+                    sink.close()
+                    f.flush()
+                    os.fsync(f.fileno())
+            except BaseException:  # the medium ended or failed mid-blob
+                ingest.unlink(missing_ok=True)
+                raise
             actual = "sha256:" + hasher.hexdigest()
             if written != size or actual != digest:
                 ingest.unlink(missing_ok=True)
@@ -242,8 +246,8 @@ class ArtifactStore(StoreLayout):
     def discard(self) -> None:
         """Forget every blob ``import_blob`` took that was not admitted (the medium did not check out)."""
         if self.ingest.is_dir():
-            for verified in self.ingest.glob("*.verified"):
-                verified.unlink(missing_ok=True)
+            for taken in [*self.ingest.glob("*.verified"), *self.ingest.glob("*.import")]:
+                taken.unlink(missing_ok=True)
 
     # -- verify -------------------------------------------------------------------------------------
 
