@@ -5,6 +5,8 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from reconciler.main import main
 from tests.agentlab import Lab, free_port
 
@@ -23,8 +25,17 @@ def signing_key(root: Path, name: str = "admin") -> tuple[Path, Path]:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", str(key)], check=True)
     pub = (root / f"{name}_ed25519.pub").read_text().split()
     signers = root / f"{name}.allowed_signers"
-    signers.write_text(f'{name}@fleet namespaces="edge-reconciler-bundle" {pub[0]} {pub[1]}\n')
+    # no namespaces option: the key vouches for fleet commits (git) and for bundles alike
+    signers.write_text(f"{name}@fleet {pub[0]} {pub[1]}\n")
     return key, signers
+
+
+def sign_every_commit(monkeypatch: pytest.MonkeyPatch, key: Path) -> None:
+    """Every ``git commit`` of the test is SSH-signed with ``key`` (git's GIT_CONFIG_* environment)."""
+    for i, (k, v) in enumerate({"gpg.format": "ssh", "user.signingkey": str(key), "commit.gpgsign": "true"}.items()):
+        monkeypatch.setenv(f"GIT_CONFIG_KEY_{i}", k)
+        monkeypatch.setenv(f"GIT_CONFIG_VALUE_{i}", v)
+    monkeypatch.setenv("GIT_CONFIG_COUNT", "3")
 
 
 def create(lab: Lab, out: Path, *extra: str) -> int:

@@ -13,7 +13,7 @@ import yaml
 
 from reconciler.main import main
 from tests.agentlab import Lab, publish, stop_workloads
-from tests.bundle.conftest import apply, create, offline_config, signing_key
+from tests.bundle.conftest import apply, create, offline_config, sign_every_commit, signing_key
 from tests.fleetutil import git
 from tests.services.registry import run_registry
 
@@ -39,10 +39,11 @@ def lab(tmp_path: Path) -> Iterator[Lab]:
 
 
 def test_offline_device_updates_from_bundles_and_status_returns(
-        lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     media = tmp_path / "usb"
     media.mkdir()
     key, signers = signing_key(tmp_path)
+    sign_every_commit(monkeypatch, key)
     with run_registry(tmp_path / "registry") as reg:
         lab.refs = {v: publish(reg.address, tmp_path, "models/counter", v, f"weights {v}".encode() * 5000)
                     for v in ("1.0", "2.0")}
@@ -53,7 +54,7 @@ def test_offline_device_updates_from_bundles_and_status_returns(
         second = git(lab.server, "rev-parse", "main")
         assert create(lab, media / "b2.tar", "--group", "all", "--since", first, "--sign-key", str(key)) == 0
     # the registry is gone, and the device's repo URL points at a port nothing listens on
-    config = offline_config(lab, offline={"allowedSigners": str(signers)})
+    config = offline_config(lab, trust={"allowedSigners": str(signers)})
     capsys.readouterr()
 
     assert apply(config, media / "b1.tar") == 0

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.agentlab import Lab, publish, stop_workloads
-from tests.bundle.conftest import apply, create, offline_config, signing_key
+from tests.bundle.conftest import apply, create, offline_config, sign_every_commit, signing_key
 from tests.fleetutil import git
 from tests.services.registry import RegistryServer, run_registry
 
@@ -102,11 +102,14 @@ def test_tampered_and_truncated_bundles_change_nothing(lab: Lab, tmp_path: Path,
     assert device_files(lab) != before
 
 
-def test_signature_required_when_allowed_signers_is_set(lab: Lab, tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_with_trust_set_unsigned_bundles_and_unsigned_commits_are_refused(
+        lab: Lab, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     key, signers = signing_key(tmp_path, "admin")
     other, _ = signing_key(tmp_path, "intruder")
-    config = offline_config(lab, offline={"allowedSigners": str(signers)})
+    sign_every_commit(monkeypatch, key)
+    git(lab.work, "commit", "-q", "--amend", "--no-edit")  # the lab's first commit, signed now
+    git(lab.work, "push", "-q", "--force", "origin", "main")
+    config = offline_config(lab, trust={"allowedSigners": str(signers)})
     unsigned, foreign, signed = tmp_path / "unsigned.tar", tmp_path / "foreign.tar", tmp_path / "signed.tar"
     assert create(lab, unsigned, "--device", "dev1") == 0
     assert create(lab, foreign, "--device", "dev1", "--sign-key", str(other)) == 0
@@ -116,7 +119,7 @@ def test_signature_required_when_allowed_signers_is_set(lab: Lab, tmp_path: Path
     assert apply(config, unsigned) == 1
     assert "unsigned, and this device accepts only bundles signed" in capsys.readouterr().err
     assert apply(config, foreign) == 1
-    assert "does not allow" in capsys.readouterr().err
+    assert "does not allow for bundles" in capsys.readouterr().err
     assert device_files(lab) == before
 
     # a manifest changed after signing (here: its sequence) fails the signature
@@ -132,9 +135,23 @@ def test_signature_required_when_allowed_signers_is_set(lab: Lab, tmp_path: Path
                 m.size = len(body)
             dst.addfile(m, io.BytesIO(body))
     assert apply(config, resigned) == 1
-    assert "does not match manifest.json" in capsys.readouterr().err
+    assert "the signature does not match manifest.json" in capsys.readouterr().err
     assert device_files(lab) == before
     assert apply(config, signed) == 0
+    assert "signed by admin@fleet" in capsys.readouterr().out
+    applied = json.loads((lab.data_dir / "state.json").read_text())["appliedCommit"]
+
+    # a signed bundle that carries an unsigned commit: the pass's trust check refuses the commit
+    monkeypatch.setenv("GIT_CONFIG_VALUE_2", "false")
+    lab.commit({"groups/all.yaml": lab.group_yaml("2.0")}, "unsigned pin 2.0")
+    assert create(lab, tmp_path / "unsigned-commit.tar", "--device", "dev1", "--sign-key", str(key)) == 0
+    capsys.readouterr()
+    assert apply(config, tmp_path / "unsigned-commit.tar") == 1
+    out = capsys.readouterr().out
+    assert "not ready" in out and "unsigned" in out.lower()
+    state = json.loads((lab.data_dir / "state.json").read_text())
+    assert state["appliedCommit"] == applied and state["models"]["counter"]["version"] == "1.0"
+    assert not (lab.data_dir / "models/counter/2.0").exists()
 
 
 def test_rewound_history_and_foreign_device_are_refused(lab: Lab, tmp_path: Path,
