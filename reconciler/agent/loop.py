@@ -60,6 +60,10 @@ class Agent:
         self.liveness = Liveness(config.pass_timeout)
         # called with each finished pass (service status line, metrics, the local API's view); never raise
         self.observers: list[Callable[[Cycle, float], None]] = []
+        # called before each pass, and threads started with the loop: capabilities above the agent hook in
+        # here (bundle/watch.py for offline.watch), wired by commands/agent.py
+        self.before_pass: list[Callable[[], None]] = []
+        self.threads: list[threading.Thread] = []
 
     def run_pass(self) -> Cycle:
         """One pass, timed and marked for the watchdog, then handed to the observers."""
@@ -82,6 +86,13 @@ class Agent:
             except Exception:  # an observer's bug must not stop the loop that runs the models
                 log.exception("pass observer %r failed", observer)
         return cycle
+
+    def run_hooks(self) -> None:
+        for hook in self.before_pass:
+            try:
+                hook()
+            except Exception:  # like an observer's: a hook's bug must not stop the loop that runs the models
+                log.exception("before-pass hook %r failed", hook)
 
     def next_wait(self, cycle: Cycle) -> float:
         settings = cycle.desired.settings if cycle.desired else {}
@@ -107,7 +118,7 @@ class Agent:
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        for watcher in self._watchers():
+        for watcher in [*self._watchers(), *self.threads]:
             watcher.start()
         cycle = None
         while not self.stop.is_set():
@@ -115,6 +126,7 @@ class Agent:
             if self.config_changed.is_set():
                 self.config_changed.clear()
                 self.reload()
+            self.run_hooks()
             cycle = self.run_pass()
             wait = self.next_wait(cycle)
             log.info("next cycle in %.1fs", wait)

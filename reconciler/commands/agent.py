@@ -38,7 +38,12 @@ def run(args: argparse.Namespace) -> int:
     with single_instance(config.data_dir):
         agent = Agent(config)
         configure_logging(agent, args.log_format or config.log_format, args.log_level)
+        if config.offline_watch is not None:
+            from reconciler.bundle.watch import OfflineWatch
+
+            OfflineWatch(agent, config.offline_watch).attach()
         if args.once:
+            agent.run_hooks()
             cycle = agent.run_pass()
             for line in _summary(agent):
                 print(line)

@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from reconciler.main import main
-from tests.agentlab import Lab, free_port
+from tests.agentlab import Lab, free_port, publish, stop_workloads
+from tests.fleetutil import git
+from tests.services.registry import RegistryServer, run_registry
+
+
+@pytest.fixture(scope="package")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RegistryServer, dict[str, str]]]:
+    work = tmp_path_factory.mktemp("registry")
+    with run_registry(work) as reg:
+        refs = {v: publish(reg.address, work, "models/counter", v, os.urandom(300_000)) for v in ("1.0", "2.0")}
+        yield reg, refs
+
+
+@pytest.fixture
+def lab(tmp_path: Path, registry: tuple[RegistryServer, dict[str, str]]) -> Iterator[Lab]:
+    lab = Lab(tmp_path, registry[0].address, registry[1])
+    lab.setup()
+    with stop_workloads(lab.data_dir):
+        yield lab
 
 
 def offline_config(lab: Lab, **extra: object) -> Path:
@@ -44,3 +64,22 @@ def create(lab: Lab, out: Path, *extra: str) -> int:
 
 def apply(config: Path, bundle: Path, *extra: str) -> int:
     return main(["bundle", "apply", str(bundle), "--config", str(config), *extra])
+
+
+def device_files(lab: Lab) -> dict[str, object]:
+    """What a refused bundle must leave as it was: state, refs, store blobs, activated models."""
+    data = lab.data_dir
+
+    def names(d: Path) -> list[str]:
+        # files and links: an empty directory made on the way is no state
+        return sorted(str(p.relative_to(data)) for p in d.rglob("*") if not p.is_dir() or p.is_symlink()) \
+            if d.exists() else []
+
+    def text(p: Path) -> str | None:
+        return p.read_text() if p.exists() else None
+
+    refs = git(data / "fleet.git", "for-each-ref", "--format=%(refname) %(objectname)").splitlines() \
+        if (data / "fleet.git").exists() else []
+    return {"state": text(data / "state.json"), "refs": sorted(refs), "blobs": names(data / "blobs"),
+            "models": names(data / "models"), "applied": text(data / "bundles/applied.json"),
+            "ingest": names(data / "ingest")}

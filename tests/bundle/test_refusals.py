@@ -6,51 +6,18 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import subprocess
 import tarfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.agentlab import Lab, publish, stop_workloads
-from tests.bundle.conftest import apply, create, offline_config, sign_every_commit, signing_key
+from tests.agentlab import Lab
+from tests.bundle.conftest import apply, create, device_files, offline_config, sign_every_commit, signing_key
 from tests.fleetutil import git
-from tests.services.registry import RegistryServer, run_registry
+from tests.services.registry import RegistryServer
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RegistryServer, dict[str, str]]]:
-    work = tmp_path_factory.mktemp("registry")
-    with run_registry(work) as reg:
-        refs = {v: publish(reg.address, work, "models/counter", v, os.urandom(300_000)) for v in ("1.0", "2.0")}
-        yield reg, refs
-
-
-@pytest.fixture
-def lab(tmp_path: Path, registry: tuple[RegistryServer, dict[str, str]]) -> Iterator[Lab]:
-    lab = Lab(tmp_path, registry[0].address, registry[1])
-    lab.setup()
-    with stop_workloads(lab.data_dir):
-        yield lab
-
-
-def device_files(lab: Lab) -> dict[str, object]:
-    """What a refused bundle must leave as it was: state, refs, store blobs, activated models."""
-    data = lab.data_dir
-    refs = sorted(git(data / "fleet.git", "for-each-ref", "--format=%(refname) %(objectname)").splitlines()) \
-        if (data / "fleet.git").exists() else []
-    return {
-        "state": (data / "state.json").read_text() if (data / "state.json").exists() else None,
-        "refs": refs,
-        "blobs": sorted(p.name for p in (data / "blobs/sha256").iterdir()) if (data / "blobs/sha256").exists() else [],
-        "models": sorted(str(p.relative_to(data)) for p in (data / "models").rglob("*")) if (data / "models").exists() else [],
-        "applied": (data / "bundles/applied.json").read_text() if (data / "bundles/applied.json").exists() else None,
-        "ingest": sorted(p.name for p in (data / "ingest").iterdir()) if (data / "ingest").exists() else [],
-    }
 
 
 def blob_offset(bundle: Path) -> tuple[int, int]:
