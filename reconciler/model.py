@@ -75,6 +75,10 @@ class ModelAssignment:
     registry: str | None = None  # registry alias whose settings apply to artifact and image
     # why a rollout gives this version (or leaves the pin): shown by render, no part of what runs
     rollout: str | None = field(default=None, compare=False)
+    # a rollout's pull spreading (rollout.maxPullsPerMinute): pull no sooner than pull_delay seconds after
+    # pull_origin (when the step began; None: when the device first saw it)
+    pull_delay: float = field(default=0.0, compare=False)
+    pull_origin: str | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "version": self.version, "group": self.group}

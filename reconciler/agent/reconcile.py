@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import pygit2
 
 from reconciler.agent import detectors as detectors_file
+from reconciler.agent import pullspread
 from reconciler.agent.config import AgentConfig
 from reconciler.agent.cycle import Cycle
 from reconciler.agent.executor import Executor, now_iso
@@ -201,7 +202,7 @@ class Reconciler:
         assert cycle.desired is not None
         (self.data_dir / "empty").mkdir(exist_ok=True)
         for m in cycle.desired.models:
-            if not m.artifact:
+            if not m.artifact or pullspread.later(m, self.state.models.setdefault(m.name, {}), cycle, time.time()):
                 continue
             info = self.state.models.setdefault(m.name, {})
             source = self.medium.blobs() if self.medium else self._client(m.registry, cycle.desired)

@@ -174,7 +174,8 @@ class Resolver:
                 ok = False
                 continue
             if why:
-                assignment = dataclasses.replace(assignment, rollout=why)
+                assignment = dataclasses.replace(assignment, rollout=why, **self._pull_spread(device, doc, group, name,
+                                                                                              winners[0][2]))
             models.append(assignment)
 
         detectors: list[Detector] = []
@@ -222,6 +223,19 @@ class Resolver:
         if mdoc is not None and version not in mdoc.spec["versions"]:
             return pinned, None  # validate names the unknown version
         return version, why
+
+    def _pull_spread(self, device: str, doc: Document, group: str, model: str, pinned: str) -> dict[str, Any]:
+        r = self.rollouts.concerning(group, model, pinned)
+        fleet_spec = self.fleet.spec if self.fleet else {}
+        rate = (r.max_pulls_per_minute if r else None) or ((fleet_spec.get("policy") or {}).get("rollout") or {}).get(
+            "maxPullsPerMinute")
+        if r is None or not rate:
+            return {}
+        gdoc = self.groups.get(group)
+        spec = gdoc.spec if gdoc is not None else {}
+        size = len(spec.get("members") or ()) if group != ALL and not spec.get("selector") else len(
+            self.view.device_names())
+        return {"pull_delay": r.pull_delay(device, doc.labels, size, int(rate)), "pull_origin": r.since}
 
     def winning_pin(self, groups: Iterable[str], model: str) -> tuple[str, str] | None:
         """(group, version) of ``model`` for a device in ``groups``: the highest priority pin, None when no

@@ -14,6 +14,7 @@ these same rules.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -107,6 +108,26 @@ class Rollout:
             return int(cohort * float(self.max_failed[:-1]) / 100.0)
         return int(self.max_failed)
 
+    def pull_delay(self, device: str, labels: Mapping[str, str], group_size: int, rate: int | None) -> float:
+        """Seconds after the current step began at which ``device`` pulls ``to``: the devices the step adds are
+        spread by their hash over the minutes ``rate`` pulls a minute need (0 without a rate, or for a device
+        that joined at an earlier step and has the artifact already).  The step's size is estimated from the
+        group's size (exact for ``all`` and member lists, an upper bound for selectors)."""
+        k = self.step
+        if not rate or self.joined_at(device, labels) != k:
+            return 0.0
+        step, b = self.steps[k], bucket(self.name, device)
+        before = max((s.percent for s in self.steps[:k] if s.percent is not None), default=0.0)
+        if step.percent is not None and before <= b < step.percent:
+            share, position = (step.percent - before) / 100.0, (b - before) / (step.percent - before)
+        elif step.devices:
+            share, position = len(step.devices) / max(group_size, 1), step.devices.index(device) / len(step.devices) \
+                if device in step.devices else b / 100.0
+        else:
+            share, position = 1.0, b / 100.0
+        minutes = math.ceil(max(1, round(group_size * share)) / rate)
+        return math.floor(position * minutes) * 60.0
+
     def where(self) -> str:
         return f"step {self.step + 1}/{len(self.steps)} ({self.steps[self.step].describe()})"
 
@@ -121,14 +142,18 @@ class RolloutBook:
             if r.active:
                 self.active[(r.group, r.model)].append(r)
 
+    def concerning(self, group: str, model: str, pinned: str) -> Rollout | None:
+        """The one active rollout of ``group``'s pin of ``model`` at ``pinned``, if there is exactly one."""
+        found = self.active.get((group, model)) or []
+        return found[0] if len(found) == 1 and found[0].from_version == pinned else None
+
     def version_for(self, device: str, labels: Mapping[str, str], group: str, model: str,
                     pinned: str) -> tuple[str, str | None]:
         """The version ``device`` runs of ``model`` pinned at ``pinned`` by ``group``, and why (None: no
         rollout concerns it).  Two active rollouts on one pin are a validation error: neither applies."""
-        found = self.active.get((group, model)) or []
-        if len(found) != 1 or found[0].from_version != pinned:
+        r = self.concerning(group, model, pinned)
+        if r is None:
             return pinned, None
-        r = found[0]
         if r.in_cohort(device, labels):
             return r.to_version, f"rollout {r.name} {r.where()}: in the cohort, runs {r.to_version}"
         return pinned, f"rollout {r.name} {r.where()}: not in the cohort, runs {r.from_version}"

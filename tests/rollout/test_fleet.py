@@ -41,7 +41,7 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, d
         # 4.0's weights answer "cat", which its golden set does not expect
         good = publish(reg.address, work, "models/counter", "good", b"label:person\n", {"golden.jsonl": GOLDEN})
         cat = publish(reg.address, work, "models/counter", "cat", b"label:cat\n", {"golden.jsonl": GOLDEN})
-        yield reg.address, {"1.0": good, "2.0": good, "3.0": good, "4.0": cat}
+        yield reg.address, {"1.0": good, "2.0": good, "3.0": good, "4.0": cat, "5.0": good}
 
 
 def free_base(count: int) -> int:
@@ -136,12 +136,12 @@ class Fleet:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port + DEVICES.index(d)}/healthz", timeout=5) as r:
             return str(json.loads(r.read())["version"])
 
-    def start_rollout(self, name: str, src: str, dst: str, steps: str, gates: str) -> None:
+    def start_rollout(self, name: str, src: str, dst: str, steps: str, gates: str, extra: str = "") -> None:
         write(self.work, f"rollouts/{name}.yaml", f"""
             apiVersion: fleet/v1
             kind: Rollout
             metadata: {{name: {name}}}
-            spec: {{group: all, model: counter, from: "{src}", to: "{dst}", steps: {steps}, gates: {gates}}}
+            spec: {{group: all, model: counter, from: "{src}", to: "{dst}", steps: {steps}, gates: {gates}{extra}}}
             """)
         self.commit(f"roll out counter {dst}")
 
@@ -235,3 +235,18 @@ def test_the_golden_set_gate_rolls_back_a_version_that_answers_wrongly(fleet: Fl
     [msg] = fleet.decide()
     assert msg.startswith("rollout counter-4: abort at step 1/2")
     assert all(fleet.round().values())
+
+
+def test_max_pulls_per_minute_spreads_the_pulls_by_device_hash(fleet: Fleet) -> None:
+    name = "counter-5"
+    fleet.start_rollout(name, "2.0", "5.0", "[{percent: 100}]", "{maxFailed: 0, minReporting: 100}",
+                        ", maxPullsPerMinute: 5")
+    # 20 devices at 5 a minute: four one-minute slots, by each device's hash
+    first = {d for d in DEVICES if int(bucket(name, d) / 100 * 4) == 0}
+    assert 0 < len(first) < len(DEVICES)
+    fleet.round()
+    assert {d for d in DEVICES if fleet.answers(d) == "5.0"} == first
+    later = sorted(set(DEVICES) - first)
+    ready = next(c for c in fleet.status(later[0])["conditions"] if c["type"] == "Ready")  # type: ignore[union-attr]
+    assert ready["reason"] == "Waiting" and ready["message"].startswith("Waiting: pull of counter 5.0 at ")
+    assert fleet.decide() == []  # the rest is unknown until its slot comes

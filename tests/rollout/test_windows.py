@@ -51,3 +51,19 @@ def test_without_windows_everything_goes_and_outside_only_switches_wait() -> Non
 def test_an_unknown_time_zone_is_a_config_error() -> None:
     with pytest.raises(InvalidConfig, match="unknown time zone 'Mars/Olympus'"):
         windows({"activation": {"windows": [{"start": "01:00", "end": "02:00", "timezone": "Mars/Olympus"}]}})
+
+
+def test_pull_slots_spread_a_step_over_the_minutes_its_rate_needs() -> None:
+    from reconciler.fleet.rollouts import Rollout, Step, bucket
+
+    r = Rollout("r", "g", "m", "1", "2", (Step(devices=("a", "b")), Step(percent=10), Step(percent=50)),
+                step=2)
+    devices = [f"dev{i}" for i in range(1000)]
+    # step 3 adds 40% of 1000 devices: 400 pulls at 100 a minute take four minutes
+    delays = {d: r.pull_delay(d, {}, 1000, 100) for d in devices if 10 <= bucket("r", d) < 50}
+    assert set(delays.values()) == {0.0, 60.0, 120.0, 180.0}
+    assert all(abs(sum(1 for v in delays.values() if v == s) - 100) < 30 for s in (0.0, 60.0, 120.0, 180.0))
+    assert {r.pull_delay(d, {}, 1000, 100) for d in devices if bucket("r", d) < 10} == {0.0}  # pulled at step 2
+    assert r.pull_delay("dev1", {}, 1000, None) == 0.0
+    canary = Rollout("r", "g", "m", "1", "2", (Step(devices=("a", "b", "c", "d")),))
+    assert [canary.pull_delay(d, {}, 1000, 2) for d in "abcd"] == [0.0, 0.0, 60.0, 60.0]
