@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         p.add_argument("--gitolite-repo", help="the fleet repo's name in gitolite.conf (default: from --repo)")
         p.add_argument("--ssh-key", type=Path, help="the admin's private key (default: your ssh setup)")
         p.add_argument("--known-hosts", type=Path,
-                       help="known_hosts listing the server (needed for ssh URLs: the bundle carries its line)")
+                       help="known_hosts listing the server (default ~/.ssh/known_hosts): the bundle carries its line")
 
 
 def run(args: argparse.Namespace) -> int:

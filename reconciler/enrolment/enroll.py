@@ -153,9 +153,10 @@ def _known_hosts(access: Access) -> str:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme != "ssh":
         return ""
-    if access.known_hosts is None:
-        raise UsageError("--known-hosts is needed for an ssh fleet URL: the bundle carries the server's host key")
-    lines = host_lines(access.known_hosts, parts.hostname or "", parts.port or 22)
+    known = access.known_hosts or Path.home() / ".ssh" / "known_hosts"
+    if not known.exists():
+        raise UsageError(f"no {known}: pass --known-hosts, the bundle must carry the server's host key")
+    lines = host_lines(known, parts.hostname or "", parts.port or 22)
     if not lines:
-        raise UsageError(f"{access.known_hosts} lists no key for {parts.hostname}:{parts.port or 22}")
+        raise UsageError(f"{known} lists no key for {parts.hostname}:{parts.port or 22}")
     return "\n".join(lines) + "\n"

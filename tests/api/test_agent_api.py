@@ -16,11 +16,11 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.main import main
 from reconciler.status import document as status_doc
 from tests.agentlab import Lab, free_port, publish, stop_workloads
+from tests.api.promtext import samples
 from tests.fleetutil import ROOT, git
 from tests.services.registry import run_registry
 
@@ -70,14 +70,6 @@ def wait_ready(sock: Path, timeout: float = 60) -> None:
     raise AssertionError(f"agent not ready: {(sock.parent / 'agent.log').read_text()[-2000:]}")
 
 
-def metrics(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out.setdefault(s.name, []).append((dict(s.labels), s.value))
-    return out
-
-
 def test_the_local_api_of_a_running_agent(agent: tuple[Lab, subprocess.Popen[bytes], int],
                                           capsys: pytest.CaptureFixture[str]) -> None:
     lab, proc, api_port = agent
@@ -106,7 +98,7 @@ def test_the_local_api_of_a_running_agent(agent: tuple[Lab, subprocess.Popen[byt
     assert code == 200 and [d["detector_id"] for d in json.loads(body)["detectors"]] == ["det_a"]
 
     code, body = curl(sock, "/metrics")
-    got = metrics(body)
+    got = samples(body)
     assert got["reconciler_model_up"] == [({"model": "counter", "version": "1.0", "digest": model["digest"]}, 1.0)]
     assert got["reconciler_applied_info"] == [({"commit": head}, 1.0)]
     assert got["reconciler_pull_bytes_total"][0][1] > 10_000

@@ -7,7 +7,6 @@ import json
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from reconciler.agent.cycle import Cycle
 from reconciler.agent.liveness import Liveness
@@ -17,6 +16,7 @@ from reconciler.api.view import build_view
 from reconciler.errors import DeadlineExceeded, InvalidConfig
 from reconciler.model import DesiredState, Detector, Observed
 from reconciler.status import document as status_doc
+from tests.api.promtext import samples
 
 DIGEST = "sha256:" + "c" * 64
 COMMIT = "ab" * 20
@@ -108,14 +108,6 @@ def test_one_write_endpoint_on_the_unix_socket_only() -> None:
     for method in ("POST", "PUT", "DELETE"):
         assert body(app, "/v1/status", method)[0] == 405
     assert body(app, "/nope")[0] == 404
-
-
-def samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
-    out: dict[str, list[tuple[dict[str, str], float]]] = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out.setdefault(s.name, []).append((dict(s.labels), s.value))
-    return out
 
 
 def test_metrics_parse_with_prometheus_client() -> None:

@@ -5,8 +5,10 @@ reports; an expired bundle is refused; a removed device can no longer fetch or p
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import stat
+import subprocess
 import time
 from pathlib import Path
 
@@ -86,9 +88,6 @@ def test_enroll_join_report_remove(gitolite_server: GitServer, tmp_path: Path, c
     assert show(server, tmp_path, "gitolite-admin", "HEAD:keydir/cam9.pub") is None
     key = config.parent / "id_ed25519"
     env_cmd = server.ssh_command("admin").replace(str(server.key("admin")), str(key))
-    import os
-    import subprocess
-
     fetch = subprocess.run(["git", "ls-remote", server.url()], env={**os.environ, "GIT_SSH_COMMAND": env_cmd},
                            capture_output=True, text=True, timeout=60)
     assert fetch.returncode != 0
