@@ -250,12 +250,13 @@ class Reconciler:
     # -- report --------------------------------------------------------------------------------------------
     def report(self, cycle: Cycle) -> None:
         now = now_iso()
+        verified, signed_by = self._verified(cycle)
         facts = summarizer.Facts(error=cycle.error or cycle.blocked, fetch_error=cycle.fetch_error,
                                  failing=cycle.failing,
                                  target=str(cycle.target) if cycle.target else None,
                                  applied=self.state.applied_commit,
                                  push_error=self.state.push_error, push_refused=self.state.push_refused,
-                                 verified=self._verified(cycle))
+                                 verified=verified)
         phase, conditions = summarizer.summarize(facts, self.state.conditions, now)
         self.state.conditions = summarizer.as_mapping(conditions)
         for c in conditions:
@@ -267,6 +268,8 @@ class Reconciler:
             conditions=conditions, models=models, desired=cycle.desired, drift=cycle.drift, now=now,
             pending=self.writer.pending(), push_error=self.state.push_error,
             fetch=cycle.polled.to_status() if cycle.polled else None)
+        if signed_by:
+            doc["signedBy"] = signed_by  # who signed the applied commit, as this device verified it
         self.last_status = doc
         heartbeat = (cycle.desired.settings.get("heartbeatInterval", 3600.0) if cycle.desired else 3600.0)
         previous = self.writer.previous_text()
@@ -302,14 +305,16 @@ class Reconciler:
         elapsed = time.time() - self.state.last_status_commit
         return elapsed < 0 or elapsed >= heartbeat
 
-    def _verified(self, cycle: Cycle) -> tuple[str, str, str] | None:
+    def _verified(self, cycle: Cycle) -> tuple[tuple[str, str, str] | None, str | None]:
+        """The Verified condition and the applied commit's signer (``principal (key)``), with trust."""
         if self.trust is None:
-            return None
+            return None, None
         try:
             applied = self.trust.applied_check(self.mirror.repo, self.state.applied_commit)
         except ReconcilerError as exc:  # the anchor itself is unreadable: said in Ready too
-            return ("False", exc.reason, str(exc).splitlines()[0])
-        return self.trust.condition(cycle.verdict, self.state.conditions, applied)
+            return ("False", exc.reason, str(exc).splitlines()[0]), None
+        signed_by = f"{applied.signer} ({applied.key})" if applied is not None and applied.ok else None
+        return self.trust.condition(cycle.verdict, self.state.conditions, applied), signed_by
 
     def _status_mirror(self, fleet_auth: GitAuth) -> FleetMirror:
         """The repository status goes to: the fleet repo's mirror, or a bare clone of ``statusRepo``."""

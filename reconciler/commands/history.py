@@ -47,6 +47,7 @@ def _text(event: Event) -> str:
     if event.kind == "desired":
         head = f"{when}  desired   {event.commit[:12]}  {event.who}: {event.message}"
     else:
-        applied = f" (applied {event.applied[:12]})" if event.applied else ""
+        signed = f", signed by {event.signed_by}" if event.signed_by else ""
+        applied = f" (applied {event.applied[:12]}{signed})" if event.applied else ""
         head = f"{when}  observed  {event.commit[:12]}  {event.device}{applied}"
     return "\n".join([head, *(f"    {line}" for line in event.lines)])

@@ -53,6 +53,8 @@ def _cells(row: DeviceRow) -> list[str]:
     if len(error) > TABLE_ERROR_LIMIT:
         error = error[: TABLE_ERROR_LIMIT - 1] + "…"
     name = row.device if row.in_fleet else f"{row.device} (not in fleet)"
+    if row.verified == "False":
+        error = f"UNVERIFIED: {error}"[:TABLE_ERROR_LIMIT]
     return [
         name,
         row.phase or "-",

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import struct
 from dataclasses import dataclass
@@ -48,11 +49,11 @@ class PublicKey:
 
     blob: bytes
 
-    @property
+    @functools.cached_property
     def type(self) -> str:
         return _Reader(self.blob, "public key").string().decode("ascii", "replace")
 
-    @property
+    @functools.cached_property
     def fingerprint(self) -> str:
         """``SHA256:...`` as ssh-keygen -l prints it."""
         digest = base64.b64encode(hashlib.sha256(self.blob).digest()).decode().rstrip("=")
@@ -161,48 +162,61 @@ def verify(signature: Signature, message: bytes, namespace: str) -> None:
 def _verify_raw(key: PublicKey, sig_type: str, sig: bytes, data: bytes) -> None:
     from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 
-    r = _Reader(key.blob, "public key")
-    keytype = r.string().decode("ascii", "replace")
+    keytype = key.type
     if keytype not in SUPPORTED:
         raise BadSignature(f"unsupported key type {keytype!r} (supported: {', '.join(SUPPORTED)})",
                            "UnsupportedKey")
     try:
-        _check(keytype, r, sig_type, sig, data)
+        _check(keytype, _public(key.blob), sig_type, sig, data)
     except InvalidSignature:
         raise BadSignature(f"{keytype} signature does not verify (tampered or signed by another key)") from None
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise BadSignature(f"{keytype} key or signature is malformed: {exc}", "MalformedSignature") from None
 
 
-def _check(keytype: str, r: _Reader, sig_type: str, sig: bytes, data: bytes) -> None:
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa, utils
+@functools.lru_cache(maxsize=256)
+def _public(blob: bytes) -> Any:
+    """The ``cryptography`` key for a key blob, built once per key (an RSA key takes a while to build)."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+    r = _Reader(blob, "public key")
+    keytype = r.string().decode("ascii", "replace")
     if keytype == "ssh-ed25519":
         raw = r.string()
         r.done()
-        if sig_type != keytype:
-            raise BadSignature(f"signature type {sig_type!r} does not match key type {keytype!r}")
-        ed25519.Ed25519PublicKey.from_public_bytes(raw).verify(sig, data)
-    elif keytype == "ssh-rsa":
+        return ed25519.Ed25519PublicKey.from_public_bytes(raw)
+    if keytype == "ssh-rsa":
         e, n = r.mpint(), r.mpint()
         r.done()
+        if n.bit_length() < 2048:
+            raise BadSignature(f"RSA key of {n.bit_length()} bits is too small (at least 2048)", "UnsupportedKey")
+        return rsa.RSAPublicNumbers(e, n).public_key()
+    curve_name = r.string().decode("ascii", "replace")
+    point = r.string()
+    r.done()
+    if keytype != f"ecdsa-sha2-{curve_name}" or curve_name not in _CURVES:
+        raise BadSignature(f"ECDSA key {keytype!r} with curve {curve_name!r}", "MalformedSignature")
+    return ec.EllipticCurvePublicKey.from_encoded_point(getattr(ec, _CURVES[curve_name][0].upper())(), point)
+
+
+def _check(keytype: str, public: Any, sig_type: str, sig: bytes, data: bytes) -> None:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, utils
+
+    if keytype == "ssh-rsa":
         algorithms: dict[str, Any] = {"rsa-sha2-256": hashes.SHA256(), "rsa-sha2-512": hashes.SHA512()}
         if sig_type not in algorithms:
             raise BadSignature(f"RSA signature type {sig_type!r} is not allowed (rsa-sha2-256 or rsa-sha2-512)",
                                "UnsupportedKey")
-        if n.bit_length() < 2048:
-            raise BadSignature(f"RSA key of {n.bit_length()} bits is too small (at least 2048)", "UnsupportedKey")
-        rsa.RSAPublicNumbers(e, n).public_key().verify(sig, data, padding.PKCS1v15(), algorithms[sig_type])
-    else:
-        curve_name = r.string().decode("ascii", "replace")
-        point = r.string()
-        r.done()
-        if keytype != f"ecdsa-sha2-{curve_name}" or sig_type != keytype:
-            raise BadSignature(f"ECDSA key {keytype!r} with curve {curve_name!r} and signature {sig_type!r}")
-        curve, digest = _CURVES[curve_name]
-        public = ec.EllipticCurvePublicKey.from_encoded_point(getattr(ec, curve.upper())(), point)
-        s = _Reader(sig, "ECDSA signature")
-        der = utils.encode_dss_signature(s.mpint(), s.mpint())
-        s.done()
-        public.verify(der, data, ec.ECDSA(getattr(hashes, digest.upper())()))
+        public.verify(sig, data, padding.PKCS1v15(), algorithms[sig_type])
+        return
+    if sig_type != keytype:
+        raise BadSignature(f"signature type {sig_type!r} does not match key type {keytype!r}")
+    if keytype == "ssh-ed25519":
+        public.verify(sig, data)
+        return
+    s = _Reader(sig, "ECDSA signature")
+    der = utils.encode_dss_signature(s.mpint(), s.mpint())
+    s.done()
+    digest = _CURVES[keytype.removeprefix("ecdsa-sha2-")][1]
+    public.verify(der, data, ec.ECDSA(getattr(hashes, digest.upper())()))

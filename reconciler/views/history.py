@@ -44,6 +44,7 @@ class Event:
     lines: tuple[str, ...]  # what changed, one human line each
     device: str | None = None  # observed: whose status branch
     applied: str | None = None  # observed: the fleet commit the device had applied
+    signed_by: str | None = None  # observed: who signed that commit, as the device verified it (trust)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -54,6 +55,7 @@ class Event:
             "message": self.message,
             "device": self.device,
             "appliedCommit": self.applied,
+            "signedBy": self.signed_by,
             "changes": list(self.lines),
         }
 
@@ -261,7 +263,7 @@ def observed(fleet: FleetRepo, device: str, model: str | None = None,
         when = commit.author.time
         if lines and (limit is None or when >= limit):
             yield Event(_time(when), OBSERVED, str(commit.id), device, _first_line(commit), tuple(lines),
-                        device=device, applied=cur.applied_commit)
+                        device=device, applied=cur.applied_commit, signed_by=cur.signed_by)
 
 
 def changes(prev: Snapshot | None, cur: Snapshot, model: str | None = None) -> list[str]:

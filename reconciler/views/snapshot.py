@@ -51,6 +51,8 @@ class Snapshot:
     ready_error: str | None  # message of a Ready condition that is False
     push_error: str | None
     problem: str | None = None  # why the file could not be read, if it could not
+    verified: str | None = None  # the Verified condition's status (devices with trust), None without one
+    signed_by: str | None = None  # who signed the applied commit, as the device verified it
 
     def model(self, name: str) -> ModelSnapshot | None:
         return next((m for m in self.models if m.name == name), None)
@@ -102,11 +104,12 @@ def from_bytes(device: str, data: bytes) -> Snapshot:
                 last_error=_str(item.get("lastError")),
                 group=_str(item.get("group")),
             ))
-    ready_error = None
+    ready_error = verified = None
     for cond in doc.get("conditions") or []:
         if isinstance(cond, dict) and cond.get("type") == "Ready" and cond.get("status") == "False":
             ready_error = _str(cond.get("message")) or _str(cond.get("reason"))
-            break
+        if isinstance(cond, dict) and cond.get("type") == "Verified":
+            verified = _str(cond.get("status"))
     push = doc.get("push")
     if not isinstance(push, dict):
         push = {}
@@ -119,6 +122,8 @@ def from_bytes(device: str, data: bytes) -> Snapshot:
         last_seen=parse_time(doc.get("lastSeen")),
         ready_error=ready_error,
         push_error=_str(push.get("lastError")),
+        verified=verified,
+        signed_by=_str(doc.get("signedBy")),
     )
 
 

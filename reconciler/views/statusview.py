@@ -42,6 +42,7 @@ class DeviceRow:
     stale: bool
     last_error: str | None
     status_commit: str | None
+    verified: str | None = None  # the device's Verified condition (trust): True | False | Unknown | None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -58,6 +59,7 @@ class DeviceRow:
             "stale": self.stale,
             "lastError": self.last_error,
             "statusCommit": self.status_commit,
+            "verified": self.verified,
         }
 
 
@@ -69,6 +71,7 @@ class Summary:
     unknown: int = 0
     never_seen: int = 0
     total: int = 0
+    unverified: int = 0  # devices whose Verified condition is False
 
     def add(self, row: DeviceRow) -> None:
         self.total += 1
@@ -79,12 +82,15 @@ class Summary:
         self.stale += row.stale
         self.behind += row.behind is not None and row.behind > 0
         self.unknown += row.convergence == "unknown"
+        self.unverified += row.verified == "False"
 
     def line(self) -> str:
         parts = [f"{self.total} devices:"]
         names = [*PHASES, *sorted(set(self.phases) - set(PHASES))]
         parts += [f"{self.phases[p]} {p}," for p in names if self.phases[p] or p in PHASES]
         parts += [f"{self.stale} stale, {self.behind} behind, {self.unknown} unknown, {self.never_seen} never seen"]
+        if self.unverified:
+            parts[-1] += f", {self.unverified} unverified (a commit not signed by an allowed signer)"
         return " ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -95,6 +101,7 @@ class Summary:
             "behind": self.behind,
             "unknown": self.unknown,
             "neverSeen": self.never_seen,
+            "unverified": self.unverified,
         }
 
 
@@ -169,6 +176,7 @@ class StatusView:
             stale=age > self.stale_after,
             last_error=error,
             status_commit=str(tip),
+            verified=snap.verified,
         )
 
     def behind(self, applied: str | None) -> int | None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from reconciler.main import main
 from tests.agentlab import stop_workloads
 from tests.trust.fleetlab import FLEET, FleetLab, group_yaml
 from tests.trust.signing import Key, run_git
@@ -40,7 +42,15 @@ def test_scenario_08_unsigned_commit_is_never_applied(lab: FleetLab, keys: dict[
     assert f"commit {bad[:12]} by Test Operator <operator@example.com> ('upgrade, unsigned')" in verified["message"]
     ready = lab.condition("Ready")
     assert ready["reason"] == "VerificationFailed" and bad[:12] in ready["message"]
-    assert status["phase"] == "Failed"
+    assert status["phase"] == "Failed" and str(status["signedBy"]).startswith("alice@acme.example (SHA256:")
+    # the operator sees it: status marks the device unverified
+    capsys.readouterr()
+    assert main(["status", "--repo", lab.url, "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["devices"][0]["verified"] == "False" and doc["summary"]["unverified"] == 1
+    assert main(["status", "--repo", lab.url]) == 0
+    table = capsys.readouterr().out
+    assert "UNVERIFIED: commit" in table and "1 unverified" in table
     # ... and a signed commit on top does not launder it: the whole range is blocked
     lab.commit({"groups/all.yaml": group_yaml("3.0")}, "signed on top", keys["alice"])
     assert lab.run() == 1 and lab.running() == "1.0"
@@ -52,6 +62,12 @@ def test_scenario_08_unsigned_commit_is_never_applied(lab: FleetLab, keys: dict[
     assert lab.status()["appliedCommit"] == fixed
     verified = lab.condition("Verified")
     assert verified["status"] == "True" and "signed by bob@acme.example" in verified["message"]
+    # history: the signer of each applied commit, as the device verified it
+    capsys.readouterr()
+    assert main(["history", "--device", "dev1", "--repo", lab.url]) == 0
+    out = capsys.readouterr().out
+    assert f"(applied {str(good)[:12]}, signed by alice@acme.example (SHA256:" in out
+    assert f"(applied {fixed[:12]}, signed by bob@acme.example (SHA256:" in out
 
 
 def test_first_apply_needs_a_signed_tip_and_nothing_runs_otherwise(lab: FleetLab, keys: dict[str, Key]) -> None:

@@ -192,7 +192,8 @@ def test_status_json_rows_and_summary(fleet: tuple[Path, str, str], capsys: pyte
     assert rows["lab-01"]["lastError"] == "shelf-detector 2.0.0: health check GET /healthz answered 500 for 60s"
     assert rows["retired-07"]["inFleet"] is False and rows["retired-07"]["behind"] is None
     assert data["summary"] == {"devices": 6, "phases": {"Ready": 4, "Progressing": 0, "Degraded": 0, "Failed": 1},
-                               "stale": 1, "behind": 2, "unknown": 1, "neverSeen": 1}
+                               "stale": 1, "behind": 2, "unknown": 1, "neverSeen": 1,
+                               "unverified": 0}
 
 
 def test_stale_after_comes_from_fleet_yaml_or_the_flag(
