@@ -71,6 +71,8 @@ class AgentConfig:
     docker_host: str | None = None
     git_timeout: float = 60.0
     pull_timeout: float = 600.0
+    pull_min_rate: float = 1024.0  # bytes/s after pull_grace, else the download is cut and resumed
+    pull_grace: float = 30.0
     runtime_options: Mapping[str, Any] = field(default_factory=dict)
     pass_timeout: float = 1800.0  # a pass running longer is hung: the watchdog stops, /healthz fails
     log_format: str = "text"
@@ -150,6 +152,7 @@ def load(path: Path | None, environ: Mapping[str, str] | None = None) -> AgentCo
                      for k, v in (data.get("credentials") or {}).items()},
         interval=data.get("interval"), jitter=data.get("jitter"), docker_host=data.get("dockerHost"),
         git_timeout=float(timeouts.get("git", 60.0)), pull_timeout=float(timeouts.get("pull", 600.0)),
+        pull_min_rate=float(timeouts.get("pullMinRate", 1024.0)), pull_grace=float(timeouts.get("pullGrace", 30.0)),
         runtime_options=dict(data.get("runtimeOptions") or {}),
         pass_timeout=float(timeouts.get("pass", 1800.0)), log_format=data.get("logFormat", "text"),
         api_listen=_listen(data.get("api"), base),

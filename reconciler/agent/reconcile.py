@@ -370,7 +370,8 @@ class Reconciler:
 
         registry = desired.registries.get(alias) if alias else None
         credential = self.credentials.resolve(registry.credentials_ref) if registry else None
-        return RegistryClient(registry, credential, deadline_seconds=self.config.pull_timeout)
+        return RegistryClient(registry, credential, deadline_seconds=self.config.pull_timeout,
+                              min_bytes_per_second=self.config.pull_min_rate, slow_grace_seconds=self.config.pull_grace)
 
     def mask(self, text: str) -> str:
         """``text`` with the device's secrets replaced by ``***`` (log lines, API answers)."""

@@ -29,6 +29,8 @@ def add_registry_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--skip-tls-verify", action="store_true", help="no TLS verification (tests only)")
     group.add_argument("--timeout", type=float, default=300.0, metavar="SECONDS",
                        help="deadline for each registry operation, retries included (default 300)")
+    group.add_argument("--min-rate", type=float, default=1024.0, metavar="BYTES_PER_SECOND",
+                       help="cut and resume a download slower than this after 30 s (default 1024; 0: off)")
 
 
 def load_credentials_file(path: Path) -> dict[str, Any]:
@@ -66,7 +68,8 @@ def client_from_args(args: argparse.Namespace, ref: str) -> RegistryClient:
         config = RegistryConfig(alias=parsed.registry, host=parsed.host, port=parsed.port,
                                 credentials_ref=args.credentials, skip_tls_verify=args.skip_tls_verify,
                                 plain_http=args.plain_http, ca_file=args.ca_file)
-    return RegistryClient(config, _credential(args), deadline_seconds=args.timeout)
+    return RegistryClient(config, _credential(args), deadline_seconds=args.timeout,
+                          min_bytes_per_second=args.min_rate)
 
 
 def progress_printer(label: str) -> Callable[[int, int], None] | None:

@@ -7,6 +7,9 @@ never its free text.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import requests
 
 from reconciler.artifacts.reference import Reference
@@ -47,12 +50,30 @@ def unprefixed(text: str, what: str) -> str:
     return text[len(what) + 2:] if text.startswith(f"{what}: ") else text
 
 
+MAX_SMALL_BODY = 64 * 1024  # error bodies and token answers: a registry may send anything
+
+
+def small_json(response: requests.Response, limit: int = MAX_SMALL_BODY) -> object:
+    """The JSON body of an answer that should be small, read at most ``limit`` bytes (None past it or when
+    it is not JSON): an endless error body or token answer must not fill memory."""
+    try:
+        raw = b""
+        for chunk in response.iter_content(16 * 1024):
+            raw += chunk
+            if len(raw) > limit:
+                response.close()
+                return None
+        return json.loads(raw)
+    except (ValueError, requests.RequestException):
+        return None
+
+
 def error_codes(response: requests.Response) -> str:
     """The registry's error codes (e.g. MANIFEST_UNKNOWN), never its free text."""
     try:
         if "json" not in response.headers.get("Content-Type", ""):
             return ""
-        doc = response.json()
+        doc: Any = small_json(response)
         codes = [str(e.get("code")) for e in doc.get("errors", []) if isinstance(e, dict) and e.get("code")]
     except (ValueError, AttributeError, requests.RequestException):
         return ""

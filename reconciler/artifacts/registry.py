@@ -12,7 +12,7 @@ import hashlib
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -45,6 +45,8 @@ CONNECT_TIMEOUT = 10.0
 READ_TIMEOUT = 30.0
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 8.0
+MIN_RATE = 1024.0  # bytes per second, averaged from the start of one response
+SLOW_GRACE = 30.0
 
 
 class RegistryClient:
@@ -58,10 +60,14 @@ class RegistryClient:
     """
 
     def __init__(self, registry: RegistryConfig | None, credential: Credential | None, *,
-                 deadline_seconds: float = 300.0, max_attempts: int = 4) -> None:
+                 deadline_seconds: float = 300.0, max_attempts: int = 4,
+                 min_bytes_per_second: float = MIN_RATE, slow_grace_seconds: float = SLOW_GRACE) -> None:
         self.config = registry
         self.credential = credential
         self.deadline_seconds = deadline_seconds
+        # a blob that trickles in slower than this, once the grace period is over, is cut and resumed
+        self.min_bytes_per_second = min_bytes_per_second
+        self.slow_grace_seconds = slow_grace_seconds
         self.max_attempts = max(1, max_attempts)
         self._clients: dict[str, OrasSession] = {}
         self._lock = threading.Lock()
@@ -228,7 +234,7 @@ class RegistryClient:
                 with disk_full_as_waiting(ingest), open(ingest, "ab" if offset else "wb") as f, \
                         BlobSink(f, hasher, offset) as sink:
                     written = offset
-                    for chunk in response.iter_content(CHUNK):
+                    for chunk in self._stream(response, what):
                         room = desc.size - written
                         last = len(chunk) >= room
                         if last:
@@ -248,6 +254,29 @@ class RegistryClient:
         if actual != desc.digest:
             ingest.unlink(missing_ok=True)
             raise IntegrityError(f"{ref}: blob digest mismatch: expected {desc.digest}, got {actual}")
+
+    def _stream(self, response: requests.Response, what: str) -> Iterator[bytes]:
+        """The body as it arrives, with the deadline and the minimum rate checked after every read.
+
+        ``iter_content`` fills a whole chunk before it returns (a buffered read loops until it has it), so a
+        registry sending a byte a second kept one read going for days; ``read1`` returns what one socket
+        read gave, and each socket read times out at the deadline."""
+        started = time.monotonic()
+        received = 0
+        while True:
+            now = time.monotonic()
+            if now >= self._local.deadline:
+                raise DeadlineExceeded(f"{what}: deadline of {self.deadline_seconds:g}s passed after {received} bytes")
+            elapsed = now - started
+            if self.min_bytes_per_second and elapsed > self.slow_grace_seconds and \
+                    received < self.min_bytes_per_second * elapsed:
+                raise Transient(f"{what}: registry sends {received / elapsed:.0f} B/s, under the minimum of "
+                                f"{self.min_bytes_per_second:.0f} B/s")
+            chunk = response.raw.read1(CHUNK, decode_content=True)
+            if not chunk:
+                return
+            received += len(chunk)
+            yield chunk
 
     def push(self, ref: Reference, files: Sequence[Path], annotations: Mapping[str, str]) -> str:
         """Push ``files`` as one artifact tagged ``ref``; returns the manifest digest."""

@@ -20,6 +20,7 @@ import oras.provider
 import requests
 from requests.adapters import HTTPAdapter
 
+from reconciler.artifacts.failures import small_json
 from reconciler.credentials import Credential
 from reconciler.errors import AuthError, Stalled, Transient
 
@@ -131,7 +132,7 @@ class OrasSession(oras.provider.Registry):  # type: ignore[misc]
         if basic:
             headers["Authorization"] = f"Basic {basic}"
         try:
-            response = self.session.get(challenge.realm, params=params, headers=headers,
+            response = self.session.get(challenge.realm, params=params, headers=headers, stream=True,
                                         verify=self._tls_verify, timeout=self._timeout())
         except requests.exceptions.SSLError:
             raise Stalled(f"TLS verification failed for token realm {realm} "
@@ -144,10 +145,7 @@ class OrasSession(oras.provider.Registry):  # type: ignore[misc]
                 return None  # the registry's 401 that follows names whose credentials were refused
             if code == 429 or code >= 500:
                 raise Transient(f"token realm {realm} answered HTTP {code}")
-            try:
-                body = response.json() if code == 200 else None
-            except ValueError:
-                body = None
+            body = small_json(response) if code == 200 else None
             token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
             if not isinstance(token, str) or not token:
                 raise Stalled(f"token realm {realm} answered HTTP {code} without a token")

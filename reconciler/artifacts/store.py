@@ -36,7 +36,7 @@ from reconciler.artifacts.sink import BlobSink
 from reconciler.artifacts.source import BlobSource
 from reconciler.artifacts.verify import find_damage
 from reconciler.durable import fsync_dir
-from reconciler.errors import IntegrityError, InvalidConfig, ReconcilerError, Stalled, Waiting
+from reconciler.errors import IntegrityError, InvalidConfig, LockHeld, ReconcilerError, Stalled, Waiting
 
 __all__ = ["META", "ArtifactStore", "GcResult", "PullResult", "human", "read_manifest"]
 
@@ -77,12 +77,27 @@ class ArtifactStore(StoreLayout):
         for d in (self.blobs, self.ingest, self.models):
             d.mkdir(parents=True, exist_ok=True)
 
+    lock_timeout = 30.0  # seconds to wait for another writer (an operator's verify --repair) before LockHeld
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """One writer at a time per store (the kernel drops the lock if the process dies)."""
+        """One writer at a time per store (the kernel drops the lock if the process dies).  Waits at most
+        ``lock_timeout`` for another writer, then raises LockHeld: the agent's pass retries later instead of
+        stalling behind an operator's ``store verify --repair``."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".store.lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
+        path = self.root / ".store.lock"
+        with open(path, "a") as f:
+            deadline = time.monotonic() + self.lock_timeout
+            while True:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise LockHeld(f"{path}: the store is locked by another process (a pull, gc or "
+                                       f"store verify --repair) for more than {self.lock_timeout:g}s",
+                                       retry_after=30.0) from None
+                    time.sleep(0.05)
             try:
                 yield
             finally:
