@@ -169,6 +169,9 @@ def _entry(raw: str, where: str) -> Entry:
         raise _LineError(pcol, "empty principal", "principals")
     rest = tokens[1:]
     fields: dict[str, object] = {}
+    if rest[0][1].startswith(("ssh-", "ecdsa-", "sk-")) and rest[0][1] not in _KEYTYPES:
+        raise _LineError(rest[0][0], f"unsupported key type {rest[0][1]!r} (known: {', '.join(_KEYTYPES)})",
+                         "keytype")
     if rest[0][1] not in _KEYTYPES:
         ocol, options = rest[0]
         fields = _options(options, ocol)

@@ -204,13 +204,15 @@ def test_allowed_signers_syntax_errors_are_located(tmp_path: Path, keys: dict[st
         "eve@x ssh-ed25519",
         f"frank@x {keys['alice'].public.replace('ssh-ed25519', 'ssh-rsa')}",
         'gina@x "unterminated',
+        f"hal@x ssh-foo {keys['alice'].public.split()[1]}",
     ]).encode()
     with pytest.raises(InvalidConfig) as info:
         parse(text, "/etc/reconciler/allowed_signers")
     lines = [p.format() for p in info.value.problems]
-    assert [p.line for p in info.value.problems] == [4, 5, 6, 7, 8, 9]
+    assert [p.line for p in info.value.problems] == [4, 5, 6, 7, 8, 9, 10]
     assert lines[0].startswith("/etc/reconciler/allowed_signers:4:") and "valid-before" in lines[0]
     assert "needs a quoted value" in lines[1] and "unknown option 'frobnicate'" in lines[2]
     assert "does not match its blob" in lines[4] and "unterminated quote" in lines[5]
+    assert "unsupported key type 'ssh-foo'" in lines[6] and info.value.problems[6].field == "keytype"
     with pytest.raises(InvalidConfig, match="limit"):
         parse(b"#" * (2 * 1024 * 1024), "big")
