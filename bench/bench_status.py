@@ -131,7 +131,7 @@ def status_text(device: str, phase: str, applied: str, version: str, seen: int, 
              "digest": "sha256:" + "ab" * 32, "since": iso(seen), "lastError": error, "group": "all",
              "performance": {"pullSeconds": 1.5, "startSeconds": 0.7, "memoryBytes": 52428800, "cpuPercent": 3.5}},
         ],
-        "detectors": [{"detector_id": "det_people_count", "model": "people-counter", "version": version,
+        "detectors": [{"detector_id": "det_2C3J27XDCG2LmlZGEONYlgCtjfI", "model": "people-counter", "version": version,
                        "state": "active"}],
         "drift": [], "lastSeen": iso(seen), "push": {"pending": 0, "lastError": None},
     }

@@ -2,7 +2,7 @@
 
 Memory sizes: ``512k``, ``1536m``, ``1g`` as ``docker -m`` takes them, the Kubernetes forms ``512Mi`` / ``1Gi``, an
 optional trailing ``b`` (``64MB``, ``100MiB``) and plain byte counts; units are binary, as Docker reads them.
-Byte sizes of logs (``100Mi``) and durations (``90``, ``5m``, ``7d``).
+Log and storage sizes read the same way; durations (``90``, ``5m``, ``7d``).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from typing import Any
 from reconciler.errors import InvalidConfig
 
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?)(b?)\s*$", re.IGNORECASE)
-_SIZE = re.compile(r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti)$")
 _DURATION = re.compile(r"^([0-9]+(\.[0-9]+)?)([smhd]?)$")
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -48,10 +47,7 @@ def parse_duration(value: Any) -> float | None:
     return float(m.group(1)) * _DURATION_UNITS[m.group(3)] if m else None
 
 
-def parse_size(value: str) -> int | None:
-    """Bytes from ``100Mi``, ``2Gi``; None when malformed."""
-    m = _SIZE.match(value)
-    if not m:
-        return None
-    unit = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30, "Ti": 1 << 40}[m.group(2)]
-    return int(float(value[: -2]) * unit)
+def parse_size(value: str | int) -> int | None:
+    """Bytes of a log or storage size; the same reader as memory (``100Mi``, ``100m``, ``1g``, a byte count), so a
+    size the seeds write (``100m``) and a Kubernetes one (``100Mi``) both work wherever a size is taken."""
+    return parse_memory(value)

@@ -102,7 +102,7 @@ class Lab:
                   status: {heartbeatInterval: 1h}
                 """),
             "models/counter.yaml": self.model_yaml({v: {} for v in self.refs}),
-            "groups/all.yaml": self.group_yaml("1.0", [{"detector_id": "det_a", "model": "counter"}]),
+            "groups/all.yaml": self.group_yaml("1.0", [{"detector_id": "det_a00000000000000000000000000", "model": "counter"}]),
             "devices/dev1.yaml": "apiVersion: fleet/v1\nkind: Device\nmetadata: {name: dev1}\nspec: {}\n",
             "devices/dev2.yaml": "apiVersion: fleet/v1\nkind: Device\nmetadata: {name: dev2}\nspec: {}\n",
         }

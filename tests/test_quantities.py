@@ -37,7 +37,9 @@ def test_malformed_durations(value: str | int) -> None:
     assert parse_duration(value) is None
 
 
-def test_log_sizes_take_binary_suffixes_only() -> None:
+def test_log_sizes_read_as_memory_sizes() -> None:
     assert parse_size("100Mi") == 100 * 2**20
     assert parse_size("1.5Gi") == 3 * 2**29
-    assert parse_size("100m") is None and parse_size("100") is None
+    # one reader for every size: the seeds' 100m (as docker -m) means what 100Mi does
+    assert parse_size("100m") == parse_size("100Mi") == parse_size("100MiB") and parse_size("100") == 100
+    assert parse_size("100MX") is None

@@ -1,4 +1,4 @@
-"""detectors.yaml: the device's detectors in the Groundlight edge-endpoint layout, plus our fields."""
+"""detectors.yaml: the device's detectors in the layout of Groundlight's edge endpoint, plus our fields."""
 
 from __future__ import annotations
 
@@ -17,20 +17,31 @@ FILE = "detectors.yaml"
 
 
 def document(detectors: Iterable[Detector], versions: Mapping[str, str]) -> dict[str, Any]:
+    """The file as Groundlight's ``EdgeEndpointConfig`` reads it: one ``edge_inference_configs`` entry per
+    detector (named by its id, so two detectors never share a preset by accident) and ``detectors`` entries that
+    name it.  Each detector entry also keeps the older inline layout of the seed (``local_inference_template``
+    and the flags) and our own fields (``model``, ``version``, ``confidence_threshold``): their loader ignores
+    fields it does not know, so one file serves both layouts and the workload."""
+    configs: dict[str, Any] = {}
     out = []
     for d in sorted(detectors, key=lambda d: d.detector_id):
-        entry: dict[str, Any] = {
-            "detector_id": d.detector_id,
-            "local_inference_template": d.local_inference_template,
+        flags: dict[str, Any] = {
             "always_return_edge_prediction": d.always_return_edge_prediction,
             "disable_cloud_escalation": d.disable_cloud_escalation,
         }
         # the seed: only meaningful with edge answers and escalation on
         if d.always_return_edge_prediction and not d.disable_cloud_escalation:
-            entry["min_time_between_escalations"] = d.min_time_between_escalations
-        entry.update({"model": d.model, "version": versions.get(d.model), "confidence_threshold": d.confidence_threshold})
-        out.append(entry)
-    return {"detectors": out}
+            flags["min_time_between_escalations"] = d.min_time_between_escalations
+        configs[d.detector_id] = {"enabled": True, **flags}
+        out.append({"detector_id": d.detector_id, "edge_inference_config": d.detector_id,
+                    "local_inference_template": d.local_inference_template, **flags,
+                    "model": d.model, "version": versions.get(d.model), "confidence_threshold": d.confidence_threshold})
+    return {"edge_inference_configs": configs, "detectors": out}
+
+
+def render(detectors: Iterable[Detector], versions: Mapping[str, str]) -> bytes:
+    """The bytes of ``DATA_DIR/detectors.yaml``."""
+    return yaml.safe_dump(document(detectors, versions), sort_keys=False).encode()
 
 
 def per_model_hash(detectors: Iterable[Detector]) -> dict[str, str]:
@@ -44,7 +55,7 @@ def per_model_hash(detectors: Iterable[Detector]) -> dict[str, str]:
 
 def write(data_dir: Path, detectors: Iterable[Detector], versions: Mapping[str, str]) -> Path:
     path = data_dir / FILE
-    text = yaml.safe_dump(document(detectors, versions), sort_keys=False).encode()
+    text = render(detectors, versions)
     try:
         if path.read_bytes() == text:
             return path

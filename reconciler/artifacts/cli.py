@@ -37,8 +37,10 @@ def load_credentials_file(path: Path) -> dict[str, Any]:
     """The ``credentials`` mapping of a YAML file laid out as in the agent configuration."""
     import yaml
 
+    from reconciler.fleet.document import Loader  # YAML 1.2 core, as every file we read
+
     try:
-        doc = yaml.safe_load(path.read_text()) or {}
+        doc = yaml.load(path.read_text(), Loader=Loader) or {}
     except (OSError, yaml.YAMLError) as exc:
         raise InvalidConfig(f"{path}: cannot read credentials ({type(exc).__name__})") from None
     section = doc.get("credentials", doc) if isinstance(doc, dict) else None

@@ -14,10 +14,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import yaml
 
+    from reconciler.agent import detectors
+    from reconciler.fleet.document import Loader
     from reconciler.fleet.resolve import render_device
     from reconciler.fleet.source import open_source
     from reconciler.fleet.view import FleetView
 
     state = render_device(FleetView(open_source(args.path, args.rev)), args.device)
-    print(yaml.safe_dump(state.to_dict(), sort_keys=False, default_flow_style=False), end="")
+    shown = state.to_dict()
+    # exactly what the agent writes to DATA_DIR/detectors.yaml (Groundlight's layout), not a summary of it
+    shown[detectors.FILE] = yaml.load(detectors.render(state.detectors, {m.name: m.version for m in state.models}),
+                                      Loader=Loader)
+    print(yaml.safe_dump(shown, sort_keys=False, default_flow_style=False), end="")
     return 0

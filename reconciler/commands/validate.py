@@ -27,14 +27,17 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-file-size {args.max_file_size!r} is not a size like 1Mi or 512k")
     source = open_source(args.path, args.rev)
     problems = validate(FleetView(source, limits=Limits(max_bytes=max_bytes)))
+    errors = [p for p in problems if p.severity == "error"]
     if args.format == "json":
-        print(json.dumps({"source": source.label, "valid": not problems,
+        print(json.dumps({"source": source.label, "valid": not errors,
                           "problems": [p.to_dict() for p in problems]}, indent=2))
     else:
         for p in problems:
             print(p.format())
-        if problems:
-            print(f"{len(problems)} problem{'s' if len(problems) != 1 else ''} in {source.label}")
+        warnings = len(problems) - len(errors)
+        also = f" ({warnings} warning{'s' if warnings != 1 else ''})" if warnings else ""
+        if errors:
+            print(f"{len(errors)} problem{'s' if len(errors) != 1 else ''} in {source.label}{also}")
         else:
-            print(f"{source.label}: valid")
-    return 1 if problems else 0
+            print(f"{source.label}: valid{also}")
+    return 1 if errors else 0

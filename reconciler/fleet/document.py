@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,20 +16,40 @@ try:  # the C loader is several times faster; fall back when libyaml is missing
 except AttributeError:  # pragma: no cover - depends on the platform's PyYAML build
     _Base = yaml.SafeLoader
 
-_TIMESTAMP = "tag:yaml.org,2002:timestamp"
-
-
 class Loader(_Base):  # type: ignore[misc]
-    """Safe loading, but ``2024-01-01`` stays the string it looks like (YAML 1.2 has no timestamps): a device
-    or version named like a date must not turn into a Python date that no schema or git path can take.
-    The one YAML loader of the project: fleet files, status files and the views all read through it."""
+    """Safe loading with the YAML 1.2 core schema, as editors and check-jsonschema read the files: ``yes``,
+    ``no``, ``on`` and ``off`` stay strings, ``2024-01-01`` stays a string (no timestamps), ``012`` is twelve,
+    ``1_000`` and ``1:30`` are strings.  Only the resolver changes (merge keys still work); the one YAML loader
+    of the project: fleet files, status files, the agent configuration and the views all read through it."""
 
 
-Loader.yaml_implicit_resolvers = {
-    first: [(tag, regex) for tag, regex in resolvers if tag != _TIMESTAMP]
-    for first, resolvers in _Base.yaml_implicit_resolvers.items()
-}
-Loader.add_constructor(_TIMESTAMP, _Base.construct_yaml_str)
+# The core schema's implicit tags (https://yaml.org/spec/1.2.2/#1032-tag-resolution), by first character.
+_CORE = (
+    ("tag:yaml.org,2002:null", r"^(?:~|null|Null|NULL|)$", "~nN"),
+    ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+    ("tag:yaml.org,2002:int", r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$", "-+0123456789"),
+    ("tag:yaml.org,2002:float",
+     r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$",
+     "-+.0123456789"),
+)
+Loader.yaml_implicit_resolvers = {}
+for _tag, _pattern, _first in _CORE:
+    Loader.add_implicit_resolver(_tag, re.compile(_pattern), list(_first))
+Loader.add_implicit_resolver("tag:yaml.org,2002:null", re.compile(r"^$"), [""])
+Loader.add_implicit_resolver("tag:yaml.org,2002:merge", re.compile(r"^(?:<<)$"), ["<"])
+
+
+def _core_int(loader: Any, node: yaml.ScalarNode) -> int:
+    text = str(loader.construct_scalar(node))
+    if text.startswith("0o"):
+        return int(text[2:], 8)
+    if text.startswith("0x"):
+        return int(text[2:], 16)
+    return int(text, 10)  # "012" is 12 in YAML 1.2, not octal
+
+
+Loader.add_constructor("tag:yaml.org,2002:int", _core_int)
+Loader.add_constructor("tag:yaml.org,2002:timestamp", _Base.construct_yaml_str)  # explicit !!timestamp
 
 Path_ = tuple[str | int, ...]
 

@@ -89,8 +89,8 @@ class Resolver:
             if match:
                 first = min(match.items())
                 self._by_label[first].append(name)
-        # (file, line, column, field, message with {devices}) -> affected devices
-        self.findings: dict[tuple[str, int, int, str, str], list[str]] = defaultdict(list)
+        # (file, line, column, field, message with {devices}, severity) -> affected devices
+        self.findings: dict[tuple[str, int, int, str, str, str], list[str]] = defaultdict(list)
         self._checked_refs: set[str] = set()
 
     # -- membership ----------------------------------------------------------------------------------------
@@ -207,6 +207,7 @@ class Resolver:
                     min_time_between_escalations=float(det.get("min_time_between_escalations", 2.0)),
                     local_inference_template=str(det.get("local_inference_template", "default")),
                 ))
+        ok = self._ports_unique(models) and ok
         if not ok:
             return None
         return DesiredState(device=device, labels=doc.labels, groups=tuple(groups), models=tuple(models),
@@ -263,6 +264,24 @@ class Resolver:
             if joined is not None:
                 out.append((name, joined))
         return out
+
+    def _ports_unique(self, models: list[ModelAssignment]) -> bool:
+        """Two models of one device cannot listen on one port (after portOffset): an error naming both."""
+        claimed: dict[int, ModelAssignment] = {}
+        ok = True
+        for m in models:
+            if m.port is None:
+                continue
+            first = claimed.setdefault(m.port, m)
+            if first is m:
+                continue
+            ok = False
+            mdoc = self.view.model(m.name)
+            if mdoc is not None:
+                self.find(mdoc, ("spec", "versions", m.version, "port"),
+                          f"{{devices}} {{get}} model {first.name!r} {first.version} (group {first.group!r}) and model "
+                          f"{m.name!r} {m.version} (group {m.group!r}), which both claim port {m.port}")
+        return ok
 
     def check_pin(self, gdoc: Document, index: int) -> Document | None:
         """The model document a group's pin names, if the model and version exist."""
@@ -379,9 +398,9 @@ class Resolver:
         return ok
 
     # -- findings ------------------------------------------------------------------------------------------
-    def find(self, doc: Document, where: Path_, template: str) -> None:
+    def find(self, doc: Document, where: Path_, template: str, severity: str = "error") -> None:
         p = doc.problem(where, template)
-        self.findings[(p.file, p.line, p.column, p.field, template)].append(self._current)
+        self.findings[(p.file, p.line, p.column, p.field, template, severity)].append(self._current)
 
     _current = ""
 
@@ -391,8 +410,8 @@ class Resolver:
 
     def problems(self) -> list[Problem]:
         out = []
-        for (file, line, col, field_path, template), devices in self.findings.items():
-            out.append(Problem(file, line, col, fill(template, devices), field_path))
+        for (file, line, col, field_path, template, severity), devices in self.findings.items():
+            out.append(Problem(file, line, col, fill(template, devices), field_path, severity))
         return out
 
 
@@ -427,7 +446,7 @@ def render_device(view: FleetView, device: str) -> DesiredState:
         raise NotFound(f"unknown device {device!r}: there is no devices/{device}.yaml in {view.source.label}{hint}")
     resolver = Resolver(view)
     state = resolver.resolve_one(device)
-    problems = view.problems() + resolver.problems()
+    problems = [p for p in view.problems() + resolver.problems() if p.severity == "error"]
     if problems or state is None:
         raise InvalidConfig(f"the fleet at {view.source.label} is invalid for device {device!r}",
                             sorted(problems, key=lambda p: (p.file, p.line, p.column)))

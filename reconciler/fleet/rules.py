@@ -44,14 +44,6 @@ def document_rules(doc: Document) -> list[Problem]:
                                        f"and {version!r}): a group runs one version of each model"))
             else:
                 seen[name] = (i, version)
-        for i, det in enumerate(spec.get("detectors") or []):
-            if "min_time_between_escalations" in det and (
-                not det.get("always_return_edge_prediction", False) or det.get("disable_cloud_escalation", False)
-            ):
-                out.append(doc.problem(
-                    ("spec", "detectors", i, "min_time_between_escalations"),
-                    f"detector {det['detector_id']!r}: min_time_between_escalations is only valid when "
-                    "always_return_edge_prediction is true and disable_cloud_escalation is false"))
     elif doc.kind == "Device":
         out += _config_rules(doc, ("spec", "config"), spec.get("config"))
     elif doc.kind == "Model":
@@ -93,18 +85,13 @@ def _config_rules(doc: Document, where: Path_, config: Any) -> list[Problem]:
     if not isinstance(config, dict):
         return []
     out: list[Problem] = []
-    log = config.get("inferenceLog")
-    if isinstance(log, dict):
-        has_cap, has_page = "localInferenceStorage" in log, "pageSize" in log
-        if has_cap != has_page:
-            missing = "pageSize" if has_cap else "localInferenceStorage"
-            present = "localInferenceStorage" if has_cap else "pageSize"
-            out.append(doc.problem((*where, "inferenceLog", present),
-                                   f"{present} needs {missing} too: set both or neither"))
-        for f in ("localInferenceStorage", "pageSize"):
-            if f in log and parse_size(str(log[f])) is None:
-                out.append(doc.problem((*where, "inferenceLog", f),
-                                       f"malformed size {log[f]!r}: use a number with Ki, Mi, Gi or Ti (e.g. 100Mi, 2Gi)"))
+    # the pairing of localInferenceStorage and pageSize, and the escalation flags, are schema rules (if/then,
+    # dependentRequired) so that editors flag them too; what a schema cannot say is checked here
+    size = (config.get("inferenceLog") or {}).get("localInferenceStorage")
+    if size is not None and parse_size(size) is None:
+        out.append(doc.problem((*where, "inferenceLog", "localInferenceStorage"),
+                               f"malformed size {size!r}: use a number with k, m, g or t, or Ki, Mi, Gi, Ti "
+                               "(e.g. 100m, 100Mi, 2Gi)"))
     storage = config.get("storage")
     if isinstance(storage, dict):
         driver = storage.get("driver")

@@ -61,15 +61,49 @@ def check(doc: Document, schema: str) -> list[Problem]:
         pass
     problems: list[Problem] = []
     for error in validator(schema).iter_errors(doc.data):
-        problems.extend(_translate(doc, error))
-    problems.sort(key=lambda p: (p.line, p.column))
-    return problems
+        problems.extend(_translate(doc, error, schema))
+    unique = {(p.line, p.column, p.message, p.field): p for p in problems}  # one rule, several keywords
+    return sorted(unique.values(), key=lambda p: (p.line, p.column))
 
 
-def _translate(doc: Document, error: ValidationError) -> list[Problem]:
+_YAML11_BOOLS = {"yes", "no", "on", "off", "y", "n"}
+_RULES = ("const", "required", "dependentRequired")  # the keywords that carry an if/then rule's message
+
+
+def _rule_message(schema: str, error: ValidationError) -> str | None:
+    """The ``errorMessage`` (the ajv-errors / yaml-language-server keyword, which editors show too) of the
+    innermost schema on the error's path: the sentence an if/then rule wants said, not "False is not True"."""
+    root = bundled(schema)
+    node: Any = root
+    message = None
+    for part in error.absolute_schema_path:
+        if isinstance(node, dict) and part not in node and "$ref" in node:
+            node = _local(root, str(node["$ref"]))  # jsonschema leaves the $ref step out of the path
+            message = node.get("errorMessage", message) if isinstance(node, dict) else message
+        try:
+            node = node[part]
+        except (KeyError, IndexError, TypeError):
+            break
+        if isinstance(node, dict) and "errorMessage" in node:
+            message = str(node["errorMessage"])
+    return message
+
+
+def _local(root: dict[str, Any], ref: str) -> Any:
+    node: Any = root  # the bundled schema's references are all local: "#/$defs/name"
+    for step in ref.removeprefix("#/").split("/"):
+        node = node[step]
+    return node
+
+
+def _translate(doc: Document, error: ValidationError, schema: str) -> list[Problem]:
     where: Path_ = tuple(error.absolute_path)
     v = error.validator
     instance = error.instance
+    if v in _RULES:
+        rule = _rule_message(schema, error)
+        if rule is not None:
+            return [doc.problem(where, rule)]
     if v == "additionalProperties" and isinstance(instance, dict):
         allowed = set(error.schema.get("properties", {}))
         extra = sorted(k for k in instance if k not in allowed)
@@ -84,16 +118,34 @@ def _translate(doc: Document, error: ValidationError) -> list[Problem]:
         names = [expected] if isinstance(expected, str) else list(expected)
         want = " or ".join(_TYPE_NAMES.get(n, n) for n in names)
         hint = " (quote it)" if "string" in names and isinstance(instance, int | float | bool) else ""
+        if "boolean" in names and isinstance(instance, str) and instance.lower() in _YAML11_BOOLS:
+            hint = f" (YAML 1.2 reads {instance} as a string: write true or false)"
         return [doc.problem(where, f"expected {want}, got {_show(instance)}{hint}")]
     if v == "enum":
         return [doc.problem(where, f"{_show(instance)} is not one of {', '.join(map(str, error.validator_value))}")]
     if v == "const":
         return [doc.problem(where, f"must be {error.validator_value!r}, got {_show(instance)}")]
+    if v == "anyOf":  # a size or a duration: a number, or a string of a pattern; explain the alternative that fits
+        fitting = [e for e in error.context or () if e.validator != "type"]
+        if fitting:
+            return _translate(doc, fitting[0], schema)
     if v == "pattern" and isinstance(instance, str):
+        if "kmgt" in str(error.validator_value):
+            return [doc.problem(where, f"malformed size {instance!r}: use a number with k, m, g or t, or Ki, Mi, Gi, "
+                                       "Ti (e.g. 100m, 100Mi, 2Gi)")]
+        if "smhd" in str(error.validator_value):
+            return [doc.problem(where, f"malformed duration {instance!r}: use seconds or a number with s, m, h or d")]
+        if "det_" in str(error.validator_value):
+            return [doc.problem(where, f"invalid detector_id {instance!r}: Groundlight ids are det_ followed by 27 "
+                                       "letters or digits (e.g. det_2UOxalD1gegjk4TnyLbtGggiJ8p)")]
         if "a-z0-9" in str(error.validator_value):
             return [doc.problem(where, f"invalid name {instance!r}: use lower-case letters, digits, '-', '_', '.'"
                                        " (at most 63, starting and ending with a letter or digit)")]
         return [doc.problem(where, f"invalid value {instance!r}")]
+    if v in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
+        relation = {"minimum": "at least", "exclusiveMinimum": "more than", "maximum": "at most",
+                    "exclusiveMaximum": "less than"}[str(v)]
+        return [doc.problem(where, f"must be {relation} {error.validator_value}, got {_show(instance)}")]
     if v == "propertyNames":
         return [doc.problem(where, f"invalid key {instance!r}")]
     return [doc.problem(where, error.message)]

@@ -67,22 +67,22 @@ def test_first_deploy_upgrade_downgrade_and_status(lab: Lab, capsys: pytest.Capt
     assert m["digest"] == lab.refs["1.0"].split("@")[1]
     perf = m["performance"]
     assert isinstance(perf, dict) and perf["startSeconds"] > 0 and perf["memoryBytes"] > 0
-    assert status["detectors"] == [{"detector_id": "det_a", "model": "counter", "version": "1.0", "state": "active"}]
+    assert status["detectors"] == [{"detector_id": "det_a00000000000000000000000000", "model": "counter", "version": "1.0", "state": "active"}]
     det = yaml.safe_load((lab.data_dir / "detectors.yaml").read_text())
-    assert det["detectors"][0]["detector_id"] == "det_a"
+    assert det["detectors"][0]["detector_id"] == "det_a00000000000000000000000000"
     assert det["detectors"][0]["always_return_edge_prediction"] is False
     assert "min_time_between_escalations" not in det["detectors"][0]
     # the status branch is authored by the device and shares no history with main
     assert git(lab.server, "log", "-1", "--format=%an", "refs/heads/status/dev1") == "dev1"
     assert git(lab.server, "ls-tree", "--name-only", "refs/heads/status/dev1") == "status.yaml"
 
-    lab.commit({"groups/all.yaml": lab.group_yaml("2.0", [{"detector_id": "det_a", "model": "counter"}])}, "upgrade")
+    lab.commit({"groups/all.yaml": lab.group_yaml("2.0", [{"detector_id": "det_a00000000000000000000000000", "model": "counter"}])}, "upgrade")
     assert lab.run() == 0
     assert json.loads(lab.get("/healthz")[1])["version"] == "2.0"
     assert model_state(lab)["version"] == "2.0"
     assert len(list((lab.data_dir / "process").iterdir())) == 1  # the old version is gone
 
-    lab.commit({"groups/all.yaml": lab.group_yaml("1.0", [{"detector_id": "det_a", "model": "counter"}])}, "downgrade")
+    lab.commit({"groups/all.yaml": lab.group_yaml("1.0", [{"detector_id": "det_a00000000000000000000000000", "model": "counter"}])}, "downgrade")
     assert lab.run() == 0
     assert json.loads(lab.get("/healthz")[1])["version"] == "1.0"
     # the status branch is the audit log: one commit per change, each parent the previous
@@ -161,15 +161,15 @@ def test_detector_change_signals_the_workload(lab: Lab) -> None:
     lab.commit({"models/counter.yaml": lab.model_yaml(versions)}, "reload by signal")
     assert lab.run() == 0
     before = json.loads(lab.get("/detectors")[1])
-    assert before["detectors"] == ["det_a"]
+    assert before["detectors"] == ["det_a00000000000000000000000000"]
     lab.commit({"groups/all.yaml": lab.group_yaml("1.0", [
-        {"detector_id": "det_a", "model": "counter"},
-        {"detector_id": "det_b", "model": "counter", "always_return_edge_prediction": True,
+        {"detector_id": "det_a00000000000000000000000000", "model": "counter"},
+        {"detector_id": "det_b00000000000000000000000000", "model": "counter", "always_return_edge_prediction": True,
          "min_time_between_escalations": 5}])}, "add detector")
     assert lab.run() == 0
     time.sleep(0.3)
     after = json.loads(lab.get("/detectors")[1])
-    assert after["detectors"] == ["det_a", "det_b"] and after["reloads"] == before["reloads"] + 1
+    assert after["detectors"] == ["det_a00000000000000000000000000", "det_b00000000000000000000000000"] and after["reloads"] == before["reloads"] + 1
     det = yaml.safe_load((lab.data_dir / "detectors.yaml").read_text())["detectors"]
     assert det[1]["min_time_between_escalations"] == 5
 
@@ -177,13 +177,13 @@ def test_detector_change_signals_the_workload(lab: Lab) -> None:
 def test_detector_change_restarts_a_workload_without_reload_signal(lab: Lab) -> None:
     assert lab.run() == 0
     before = json.loads(lab.get("/detectors")[1])
-    assert before["detectors"] == ["det_a"]
+    assert before["detectors"] == ["det_a00000000000000000000000000"]
     lab.commit({"groups/all.yaml": lab.group_yaml("1.0", [
-        {"detector_id": "det_a", "model": "counter"},
-        {"detector_id": "det_b", "model": "counter"}])}, "add detector")
+        {"detector_id": "det_a00000000000000000000000000", "model": "counter"},
+        {"detector_id": "det_b00000000000000000000000000", "model": "counter"}])}, "add detector")
     assert lab.run() == 0
     after = json.loads(lab.get("/detectors")[1])
-    assert after["detectors"] == ["det_a", "det_b"]
+    assert after["detectors"] == ["det_a00000000000000000000000000", "det_b00000000000000000000000000"]
     assert after["pid"] != before["pid"] and after["reloads"] == 1  # a new process read the new file
     assert json.loads(lab.get("/healthz")[1])["version"] == "1.0"
 
@@ -275,7 +275,7 @@ def test_loop_reacts_at_once_to_a_commit_and_a_config_edit_and_stops_cleanly_on_
         assert wait_healthy(lab, 30)
         assert json.loads(lab.get("/healthz")[1])["version"] == "1.0"
         time.sleep(1.0)  # let the watcher start
-        lab.commit({"groups/all.yaml": lab.group_yaml("2.0", [{"detector_id": "det_a", "model": "counter"}])},
+        lab.commit({"groups/all.yaml": lab.group_yaml("2.0", [{"detector_id": "det_a00000000000000000000000000", "model": "counter"}])},
                    "upgrade")
         assert _serves(lab, "2.0", 30), "the loop did not pick up the commit on the watched repository"
         # An edit of the config file that does not load is refused; the agent keeps running as it was.
@@ -285,7 +285,7 @@ def test_loop_reacts_at_once_to_a_commit_and_a_config_edit_and_stops_cleanly_on_
         # A valid edit takes effect at once: follow a canary branch that pins 1.0 again.
         git(lab.work, "checkout", "-qb", "canary")
         (lab.work / "groups" / "all.yaml").write_text(
-            lab.group_yaml("1.0", [{"detector_id": "det_a", "model": "counter"}]))
+            lab.group_yaml("1.0", [{"detector_id": "det_a00000000000000000000000000", "model": "counter"}]))
         git(lab.work, "commit", "-qam", "canary back to 1.0")
         git(lab.work, "push", "-q", "origin", "canary")
         lab.config_path(interval=300, jitter=0, repo={"url": str(lab.server), "branch": "canary"})

@@ -118,7 +118,7 @@ def fleet_files(lab: Lab, heartbeat: str = "1h") -> dict[str, str | None]:
               status: {{heartbeatInterval: {heartbeat}}}
             """),
         "models/counter.yaml": lab.model_yaml({v: {} for v in lab.refs}),
-        "groups/all.yaml": lab.group_yaml("1.0", [{"detector_id": "det_a", "model": "counter"}]),
+        "groups/all.yaml": lab.group_yaml("1.0", [{"detector_id": "det_a00000000000000000000000000", "model": "counter"}]),
         "devices/dev1.yaml": DEVICE_YAML.format("dev1"),
         "devices/dev2.yaml": DEVICE_YAML.format("dev2"),
     }

@@ -66,16 +66,16 @@ CASES = [
     ("groups/g.yaml", "members: [d1]", "members: [d1\n", "groups/g.yaml:", "malformed YAML"),
     ("fleet.yaml", "defaults: {runtime: process, registry: repo}",
      "defaults: {runtime: process, registry: repo, inferenceLog: {localInferenceStorage: 100Mi}}",
-     "fleet.yaml:7:", "localInferenceStorage needs pageSize"),
+     "fleet.yaml:7:", "localInferenceStorage and pageSize go together: set both or neither"),
     ("fleet.yaml", "defaults: {runtime: process, registry: repo}",
-     "defaults: {runtime: process, registry: repo, inferenceLog: {localInferenceStorage: 100MB, pageSize: 1Mi}}",
-     "fleet.yaml:7:", "malformed size '100MB'"),
+     "defaults: {runtime: process, registry: repo, inferenceLog: {localInferenceStorage: 100MX, pageSize: 100}}",
+     "fleet.yaml:7:", "malformed size '100MX'"),
     ("fleet.yaml", "defaults: {runtime: process, registry: repo}",
      "defaults: {runtime: process, registry: repo, storage: {driver: s3, s3: {region: eu}}}",
-     "fleet.yaml:7:", "s3 storage needs bucket, path"),
+     "fleet.yaml:7:", "s3 storage needs s3.region, s3.bucket and s3.path"),
     ("fleet.yaml", "defaults: {runtime: process, registry: repo}",
      "defaults: {runtime: process, registry: repo, storage: {driver: filesystem}}",
-     "fleet.yaml:7:", "filesystem storage needs a path"),
+     "fleet.yaml:7:", "filesystem storage needs filesystem.path"),
     ("fleet.yaml", "repo: {host: 127.0.0.1, port: 5000}", "repo: {host: 127.0.0.1, port: 5000, password: hunter2}",
      "fleet.yaml:6:", "looks like a secret"),
     ("models/m.yaml", "command: [sleep, \"100\"]}\n    \"2.0\"",
@@ -149,11 +149,8 @@ def test_detector_rules(tmp_path: Path) -> None:
         metadata: {name: all}
         spec:
           detectors:
-            - {detector_id: det_a, model: m}
-            - {detector_id: det_b, model: other}
-            - {detector_id: det_c, model: m, min_time_between_escalations: 3}
-            - {detector_id: det_d, model: m, always_return_edge_prediction: true, disable_cloud_escalation: true,
-               min_time_between_escalations: 3}
+            - {detector_id: det_a00000000000000000000000000, model: m}
+            - {detector_id: det_b00000000000000000000000000, model: other}
         """)
     write(root, "groups/g2.yaml", """
         apiVersion: fleet/v1
@@ -161,13 +158,63 @@ def test_detector_rules(tmp_path: Path) -> None:
         metadata: {name: g2}
         spec:
           members: [d1]
-          detectors: [{detector_id: det_a, model: m}]
+          detectors: [{detector_id: det_a00000000000000000000000000, model: m}]
         """)
     found = problems(root)
     assert any(p.startswith("groups/all.yaml:7:") and "model 'other'" in p for p in found), found
+    assert any("det_a00000000000000000000000000" in p and "unique" in p and "device 'd1'" in p for p in found), found
+
+
+def test_escalation_flags_follow_groundlight(tmp_path: Path) -> None:
+    """Their rules (disable needs always, an interval above 0) and the seed's (the interval only with edge answers
+    and escalation on), as schema if/then so that an editor flags them too; and their id format."""
+    root = minimal_fleet(tmp_path / "fleet")
+    write(root, "groups/all.yaml", """
+        apiVersion: fleet/v1
+        kind: Group
+        metadata: {name: all}
+        spec:
+          detectors:
+            - {detector_id: det_c00000000000000000000000000, model: m, min_time_between_escalations: 3}
+            - {detector_id: det_d00000000000000000000000000, model: m, always_return_edge_prediction: true,
+               disable_cloud_escalation: true, min_time_between_escalations: 3}
+            - {detector_id: det_e00000000000000000000000000, model: m, disable_cloud_escalation: true}
+            - {detector_id: det_f00000000000000000000000000, model: m, always_return_edge_prediction: true,
+               min_time_between_escalations: 0}
+            - {detector_id: det_doorway, model: m}
+        """)
+    found = problems(root)
+    assert any(p.startswith("groups/all.yaml:6:") and "only valid when" in p for p in found), found
     assert any(p.startswith("groups/all.yaml:8:") and "only valid when" in p for p in found), found
-    assert any(p.startswith("groups/all.yaml:10:") and "only valid when" in p for p in found), found
-    assert any("det_a" in p and "unique" in p and "device 'd1'" in p for p in found), found
+    assert any(p.startswith("groups/all.yaml:9:") and "disable_cloud_escalation: true requires "
+               "always_return_edge_prediction: true" in p for p in found), found
+    assert any(p.startswith("groups/all.yaml:11:") and "must be more than 0, got 0" in p for p in found), found
+    assert any(p.startswith("groups/all.yaml:12:") and "invalid detector_id 'det_doorway'" in p
+               and "det_ followed by 27 letters or digits" in p for p in found), found
+    assert len(found) == 5, found
+
+
+def test_yaml_1_2_booleans(tmp_path: Path) -> None:
+    """yes/no/on/off are strings (YAML 1.2 core, as editors read them): a flag given yes is a located type error
+    with a hint; a label on is the string "on"."""
+    root = minimal_fleet(tmp_path / "fleet")
+    write(root, "groups/all.yaml", """
+        apiVersion: fleet/v1
+        kind: Group
+        metadata: {name: all}
+        spec:
+          detectors:
+            - detector_id: det_a00000000000000000000000000
+              model: m
+              always_return_edge_prediction: yes
+        """)
+    (root / "devices/d1.yaml").write_text((root / "devices/d1.yaml").read_text().replace(
+        "labels: {site: s1}", "labels: {site: s1, power: on, since: 2024-01-01}"))
+    found = problems(root)
+    assert found == ["groups/all.yaml:8:7: error: expected true or false, got 'yes' (YAML 1.2 reads yes as a "
+                     "string: write true or false) (spec.detectors[0].always_return_edge_prediction)"], found
+    view = FleetView(DirSource(root))
+    assert view.device("d1") is not None and view.device("d1").labels == {"site": "s1", "power": "on", "since": "2024-01-01"}
 
 
 def test_all_problems_in_one_run_and_exit_code(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -220,3 +267,42 @@ def test_a_value_json_cannot_hold_is_located_not_a_crash(tmp_path: Path,
     assert main(["validate", str(root)]) == 1
     out, err = capsys.readouterr()
     assert "devices/cam-north-01.yaml:7:" in out + err and "internal error" not in out + err
+
+
+def test_two_models_claiming_one_port_is_an_error_naming_both(tmp_path: Path) -> None:
+    root = minimal_fleet(tmp_path / "fleet")
+    for name in ("a", "b"):
+        write(root, f"models/{name}.yaml", f"""
+            apiVersion: fleet/v1
+            kind: Model
+            metadata: {{name: {name}}}
+            spec:
+              versions:
+                "1.0": {{artifact: repo/{name}@sha256:{"c" * 64}, command: [sleep, "100"], port: 8080}}
+            """)
+    write(root, "groups/all.yaml", """
+        apiVersion: fleet/v1
+        kind: Group
+        metadata: {name: all}
+        spec:
+          models: [{name: a, version: "1.0"}, {name: b, version: "1.0"}]
+        """)
+    found = problems(root)
+    assert found == ["models/b.yaml:6:128: error: devices 'd1', 'd2' (2) get model 'a' 1.0 (group 'all') and model 'b' "
+                     "1.0 (group 'all'), which both claim port 8080 (spec.versions.1.0.port)"], found
+
+
+def test_device_naming_a_group_that_does_not_exist_is_a_warning(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    root = minimal_fleet(tmp_path / "fleet")
+    (root / "devices/d2.yaml").write_text((root / "devices/d2.yaml").read_text().replace("spec: {}", "spec: {groups: [gg]}"))
+    assert main(["validate", str(root)]) == 0
+    out = capsys.readouterr().out
+    assert ("devices/d2.yaml:4:17: warning: device file names group 'gg', which has no file groups/gg.yaml and no "
+            "model's access list names: it gives the device nothing: did you mean 'g'? (spec.groups[0])") in out, out
+    assert out.rstrip().endswith("valid (1 warning)"), out
+    # a group named by a model's access list is real, though it has no file: no warning
+    (root / "models/m.yaml").write_text((root / "models/m.yaml").read_text().replace(
+        "spec:\n", "spec:\n  access: {groups: [g, gg]}\n"))
+    assert main(["validate", str(root)]) == 0
+    assert "warning" not in capsys.readouterr().out
