@@ -74,6 +74,16 @@ class CredentialStore:
         )
 
 
+def storage_env(ref: str | None, store: CredentialStore) -> dict[str, str]:
+    """The S3 credential named by a storage ``credentialsRef``, in the variables S3 SDKs read.  Added by a runtime
+    to the workload's environment at start only: never part of a workload, the agent state or a status."""
+    credential = store.resolve(ref)
+    if credential is None:
+        return {}
+    return {"AWS_ACCESS_KEY_ID": credential.username or "",
+            "AWS_SECRET_ACCESS_KEY": credential.password or credential.token or ""}
+
+
 def mask(text: str, secrets: tuple[str, ...] | list[str]) -> str:
     """Replace every secret in ``text`` by ``***``."""
     for s in secrets:

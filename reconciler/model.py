@@ -192,6 +192,14 @@ class Workload:
     resources: Resources = field(default_factory=Resources)
     reload: str = "restart"
     registry: RegistryConfig | None = None
+    publish_address: str | None = None  # where ``port`` is published (docker) or listened on (MODEL_ADDRESS)
+    storage_dir: str | None = None  # filesystem storage: created by the agent, mounted read-write by docker
+    storage_credentials: str | None = None  # credentialsRef of s3 storage: resolved by the runtime at start
+
+    @property
+    def address(self) -> str | None:
+        """``publishAddress:port`` where the model answers, when it has a port."""
+        return f"{self.publish_address or '127.0.0.1'}:{self.port}" if self.port is not None else None
 
     @property
     def spec_hash(self) -> str:
@@ -208,6 +216,11 @@ class Workload:
             "health": self.health.to_dict(),
             "resources": self.resources.to_dict(),
         }
+        # only when set, so that workloads from before these fields keep their hash
+        for key, value in (("publish_address", self.publish_address), ("storage_dir", self.storage_dir),
+                           ("storage_credentials", self.storage_credentials)):
+            if value is not None:
+                doc[key] = value
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -222,6 +235,8 @@ def workload_to_dict(w: Workload) -> dict[str, Any]:
             "alias": w.registry.alias, "host": w.registry.host, "port": w.registry.port,
             "credentials_ref": w.registry.credentials_ref, "skip_tls_verify": w.registry.skip_tls_verify,
             "plain_http": w.registry.plain_http, "ca_file": w.registry.ca_file},
+        "publish_address": w.publish_address, "storage_dir": w.storage_dir,
+        "storage_credentials": w.storage_credentials,
     }
 
 
@@ -245,6 +260,8 @@ def workload_from_dict(d: Mapping[str, Any]) -> Workload:
         resources=Resources(cpus=r.get("cpus"), memory=r.get("memory"), gpus=r.get("gpus")),
         reload=d.get("reload", "restart"),
         registry=None if not reg else RegistryConfig(**reg),
+        publish_address=d.get("publish_address"), storage_dir=d.get("storage_dir"),
+        storage_credentials=d.get("storage_credentials"),
     )
 
 

@@ -106,6 +106,7 @@ def make_fleet(work: Path, registry: str, pinned: dict[tuple[str, str], str], of
     host, port = registry.split(":")
     fy = fleet / "fleet.yaml"
     text = fy.read_text().replace("host: registry.acme.example", f"host: {host}").replace("port: 5000", f"port: {port}")
+    text = text.replace("path: /var/lib/edge-models/jobs", f"path: {work / 'jobs'}")  # job data stays in the temp dir
     fy.write_text(re.sub(r"\n\s*credentialsRef: acme-registry[^\n]*", "", text))  # the demo registry is open
     for path in (fleet / "models").glob("*.yaml"):
         name = path.stem
@@ -134,8 +135,14 @@ def make_fleet(work: Path, registry: str, pinned: dict[tuple[str, str], str], of
 
 def agent_config(work: Path, device: str, bare: Path) -> Path:
     path = work / f"agent-{device}.yaml"
+    # the pilot group stores results in S3: its credential is held on the device (a made-up one: the demo's
+    # models never call S3), never in the fleet repo
+    secret = work / "s3-secret"
+    secret.write_text("demo-secret-key\n")
+    secret.chmod(0o600)
     path.write_text(f"device: {device}\nrepo:\n  url: {bare}\ndataDir: {work / ('data-' + device)}\n"
-                    "interval: 60\njitter: 10\n")
+                    "interval: 60\njitter: 10\n"
+                    f"credentials:\n  acme-pilot-s3: {{username: AKIDEMOEXAMPLE, passwordFile: {secret}}}\n")
     return path
 
 

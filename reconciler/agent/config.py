@@ -13,7 +13,7 @@ from typing import Any
 from reconciler.errors import InvalidConfig, NotFound
 from reconciler.fleet.document import Document, parse
 from reconciler.fleet.schema import check
-from reconciler.git.location import is_url, local_path
+from reconciler.git.location import is_url, is_working_tree, local_path
 
 ENV = {
     "RECONCILER_DEVICE": ("device",),
@@ -30,6 +30,7 @@ ENV = {
     "RECONCILER_LOG_FORMAT": ("logFormat",),
 }
 _NUMBERS = {"interval", "jitter"}
+DEFAULT_DATA_DIR = "/var/lib/reconciler"
 DEFAULT_FULL_FETCH_EVERY = 10
 
 
@@ -142,9 +143,16 @@ def load(path: Path | None, environ: Mapping[str, str] | None = None) -> AgentCo
     beacon = repo.get("beacon")
     if isinstance(beacon, str):
         beacon = {"url": beacon}
+    local = local_path(url)
+    if local is not None and is_working_tree(local):
+        raise InvalidConfig(f"{label}: invalid agent configuration", [doc.problem(
+            ("repo", "url"), f"{local} is a git working tree: the agent pushes status/{data['device']} to its "
+                             "repository, which libgit2 (the agent's git) cannot do into a non-bare one; point "
+                             f"repo.url at a bare clone (git clone --bare {local} {local}.git) that the working "
+                             "tree pushes to")])
     timeouts = data.get("timeouts") or {}
     return AgentConfig(
-        path=path, device=data["device"], repo_url=url, data_dir=p(data["dataDir"]) or base,
+        path=path, device=data["device"], repo_url=url, data_dir=p(data.get("dataDir")) or Path(DEFAULT_DATA_DIR),
         branch=repo.get("branch", "main"), repo_path=repo.get("path", "").strip("/"),
         ssh_key=p(repo.get("sshKey")), known_hosts=p(repo.get("knownHosts")), token_file=p(repo.get("tokenFile")),
         username=repo.get("username", "git"),

@@ -20,7 +20,7 @@ from reconciler.agent.cycle import Cycle
 from reconciler.agent.plan import Action
 from reconciler.agent.state import AgentState
 from reconciler.errors import ReconcilerError, Stalled
-from reconciler.model import DesiredState, Workload, workload_from_dict, workload_to_dict
+from reconciler.model import DesiredState, ModelAssignment, Workload, workload_from_dict, workload_to_dict
 from reconciler.runtimes.base import Runtime
 
 if TYPE_CHECKING:
@@ -79,6 +79,8 @@ class Executor:
                 if o.cpu_percent is not None:
                     perf["cpuPercent"] = round(o.cpu_percent, 2)
             info["desiredVersion"] = w.version
+            info["address"] = w.address
+            info["warnings"] = runtime.unsupported(w)
             assignment = cycle.desired.model(name)
             info["group"] = assignment.group if assignment else ""
             if name not in cycle.failing and name not in cycle.held and (o is None or o.state != "running"):
@@ -155,6 +157,17 @@ class Executor:
             info["version"] = w.version
         cycle.failing[model] = (f"version {w.version} failed its health check"
                                 f"{'; rolled back to ' + str(info.get('version')) if rolled_back else ''}: {message}")
+
+    def pull_failed(self, m: ModelAssignment, exc: ReconcilerError, cycle: Cycle) -> None:
+        """A version that could not be pulled is listed in status: desired version, lastError, and state failed
+        when nothing of the model runs (a version that runs keeps running and keeps its state)."""
+        info = self.state.models.setdefault(m.name, {})
+        message = self._mask(str(exc)).splitlines()[0][:2000]
+        if info.get("state") != "running":
+            info.update({"version": m.version, "state": "failed", "since": now_iso(), "digest": None})
+        info.update({"desiredVersion": m.version, "group": m.group,
+                     "lastError": f"version {m.version}: pull failed: {message}"})
+        cycle.failing[m.name] = f"version {m.version}: pull failed: {message}"
 
     def adopt(self, runtime: Runtime, cycle: Cycle) -> None:
         """A running workload of the desired spec that this agent never saw healthy (it was killed during the

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import pygit2
 
 from reconciler.agent import detectors as detectors_file
-from reconciler.agent import pullspread
+from reconciler.agent import pullspread, workloads
 from reconciler.agent.config import AgentConfig
 from reconciler.agent.cycle import Cycle
 from reconciler.agent.executor import Executor, now_iso
@@ -45,12 +45,13 @@ from reconciler.fleet.resolve import render_device
 from reconciler.fleet.source import GitSource
 from reconciler.fleet.view import FleetView, ParseCache
 from reconciler.git.mirror import FleetMirror, GitAuth
-from reconciler.model import DesiredState, Workload
+from reconciler.model import DesiredState
 from reconciler.rollout import windows
 from reconciler.runtimes import get_runtime
 from reconciler.runtimes.base import Runtime
 from reconciler.status import conditions as summarizer
 from reconciler.status import document as status_doc
+from reconciler.status import message as status_message
 from reconciler.status.writer import StatusWriter
 
 __all__ = ["Cycle", "Reconciler", "now_iso"]  # Cycle and now_iso live in cycle.py and executor.py
@@ -186,27 +187,25 @@ class Reconciler:
             cycle.target = applied
             cycle.key = self._relevant_key(applied)
             cycle.desired = self._resolve(applied, cycle.key)
-        desired = cycle.desired
-        runtime = str(desired.config.get("runtime", "process"))
-        det_path = str(self.data_dir / detectors_file.FILE)
-        for m in desired.models:
-            model_dir = self.data_dir / "models" / m.name / m.version if m.artifact else self.data_dir / "empty"
-            cycle.workloads[m.name] = Workload(
-                device=self.config.device, model=m.name, version=m.version, model_dir=str(model_dir),
-                detectors_config=det_path, command=m.command, image=m.image if runtime == "docker" else None,
-                env=m.env, port=m.port, health=m.health, resources=m.resources, reload=m.reload,
-                registry=desired.registries.get(m.registry) if m.registry else None)
+        workloads.check_credentials(cycle.desired, self.credentials)
+        cycle.workloads = workloads.build(cycle.desired, self.config.device, self.data_dir,
+                                          str(self.data_dir / detectors_file.FILE))
 
     def pull(self, cycle: Cycle) -> None:
         """Every artifact of the desired state is in the store before anything running is touched."""
         assert cycle.desired is not None
         (self.data_dir / "empty").mkdir(exist_ok=True)
+        workloads.prepare(cycle.workloads)
         for m in cycle.desired.models:
             if not m.artifact or pullspread.later(m, self.state.models.setdefault(m.name, {}), cycle, time.time()):
                 continue
             info = self.state.models.setdefault(m.name, {})
             source = self.medium.blobs() if self.medium else self._client(m.registry, cycle.desired)
-            result = self._store_for().pull(m.artifact, source, model=m.name, version=m.version)
+            try:
+                result = self._store_for().pull(m.artifact, source, model=m.name, version=m.version)
+            except ReconcilerError as exc:
+                self.executor.pull_failed(m, exc, cycle)
+                raise
             cycle.pulled_bytes += result.bytes_downloaded
             if not result.cached:
                 cycle.did_work = True
@@ -251,6 +250,12 @@ class Reconciler:
     def report(self, cycle: Cycle) -> None:
         now = now_iso()
         verified, signed_by = self._verified(cycle)
+        if cycle.desired is not None:  # a desired model that does not run is never "AllHealthy"
+            for m in cycle.desired.models:  # (one held on purpose, by a pull slot or a window, is Waiting)
+                info = self.state.models.get(m.name) or {}
+                if m.name not in cycle.failing and m.name not in cycle.held and (
+                        info.get("state") != "running" or info.get("version") != m.version):
+                    cycle.failing[m.name] = f"version {m.version} is not running ({info.get('state') or 'pending'})"
         facts = summarizer.Facts(error=cycle.error or cycle.blocked, fetch_error=cycle.fetch_error,
                                  failing=cycle.failing,
                                  target=str(cycle.target) if cycle.target else None,
@@ -275,8 +280,12 @@ class Reconciler:
         previous = self.writer.previous_text()
         due = self._heartbeat_due(heartbeat)
         try:
-            if due or status_doc.significant(previous) != status_doc.significant(status_doc.render(doc)):
-                message = f"{phase}: {conditions[0]['message'][:200]}" if conditions else phase
+            changed = status_doc.significant(previous) != status_doc.significant(status_doc.render(doc))
+            if due or changed:
+                # what will wait on the device after this cycle's push, as state.json counts it: offline (the
+                # fetch failed) this commit queues behind the others; online the push below takes them all
+                doc["push"]["pending"] = doc["push"]["pending"] + 1 if cycle.fetch_error is not None else 0
+                message = status_message.commit_message(status_doc.parse(previous), doc, heartbeat=not changed)
                 if self.writer.commit(status_doc.render(doc), message) is not None:
                     self.state.last_status_commit = time.time()
                     self._last_commit_monotonic = time.monotonic()

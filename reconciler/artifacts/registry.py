@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -18,6 +19,7 @@ from typing import TypeVar
 
 import requests
 
+from reconciler.artifacts import packing
 from reconciler.artifacts.failures import check_response, translate, unprefixed
 from reconciler.artifacts.manifest import (
     INDEX_TYPES,
@@ -288,10 +290,12 @@ class RegistryClient:
         def once() -> str:
             client = self._client(ref)
             try:
-                response = client.push(
-                    target=str(ref), files=[str(p) for p in files], disable_path_validation=True,
-                    manifest_annotations=dict(annotations), quiet=True,
-                )
+                with tempfile.TemporaryDirectory(prefix="reconciler-publish-") as work:
+                    packed, annotation_file = packing.prepare(files, Path(work))
+                    response = client.push(
+                        target=str(ref), files=packed, disable_path_validation=True,
+                        annotation_file=str(annotation_file), manifest_annotations=dict(annotations), quiet=True,
+                    )
             except (ValueError, RuntimeError, OSError) as exc:
                 if isinstance(exc, requests.RequestException):
                     raise

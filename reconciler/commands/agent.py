@@ -75,12 +75,16 @@ def _summary(agent: object) -> list[str]:
     assert isinstance(agent, Agent)
     state = agent.reconciler.state
     cond = state.conditions.get("Ready", {})
+    applied = state.applied_commit[:12] if state.applied_commit else "nothing yet"
     lines = [f"{agent.config.device}: {'Ready' if cond.get('status') == 'True' else 'not ready'} "
-             f"({cond.get('reason', '')}) applied {str(state.applied_commit)[:12]}"]
+             f"({cond.get('reason', '')}) applied {applied}"]
     if cond.get("status") != "True" and cond.get("message"):
         lines.append(f"  {cond['message']}")
     if state.push_refused:
         lines.append(f"  status push refused: {state.push_error}")
     for name, info in sorted(state.models.items()):
-        lines.append(f"  {name} {info.get('version')} {info.get('state')}")
+        version = info.get("version") or info.get("desiredVersion") or "-"
+        wanted = info.get("desiredVersion")
+        also = f" (desired {wanted})" if wanted and wanted != version else ""
+        lines.append(f"  {name} {version} {info.get('state') or 'pending'}{also}")
     return lines

@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--device", help="the timeline of one device")
     which.add_argument("--model", help="the timeline of one model on every device")
     add_repo_arguments(parser)
-    parser.add_argument("--since", help="only events from this date or time on (2024-05-01, 2024-05-01T12:00Z)")
+    parser.add_argument("--since", help="only events from this date or time on (2024-05-01, 2024-05-01T12:00Z, '3 days ago', 12h)")
     parser.add_argument("--format", choices=["text", "json"], default="text")
 
 

@@ -1,4 +1,4 @@
-"""reconciler status [--repo URL|PATH] [--branch main] [--format table|json] [--stale-after DURATION]"""
+"""reconciler status [--repo URL|PATH] [--branch main] [--device NAME] [--format table|json] [--stale-after DURATION]"""
 
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ TABLE_ERROR_LIMIT = 50
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_repo_arguments(parser)
+    parser.add_argument("--device", metavar="NAME", help="one device in detail: its models with digest, state, since "
+                        "and last errors, drift, conditions and connection")
     parser.add_argument("--format", choices=["table", "json"], default="table")
     parser.add_argument("--stale-after", metavar="DURATION",
                         help="a device silent longer is stale: seconds or 30s, 90m, 12h, 7d "
@@ -40,7 +42,16 @@ def run(args: argparse.Namespace) -> int:
     pygit2.settings.enable_caching(False)
     try:
         view = StatusView(open_from_args(args), stale_after=stale_after)
-        (write_json if args.format == "json" else write_table)(view, sys.stdout)
+        if args.device:
+            from reconciler.views import devicedetail
+
+            one = devicedetail.detail(view, args.device)
+            if args.format == "json":
+                print(json.dumps(one.to_dict(), indent=2, default=str))
+            else:
+                devicedetail.write_text(one, sys.stdout)
+        else:
+            (write_json if args.format == "json" else write_table)(view, sys.stdout)
     finally:
         pygit2.settings.enable_caching(True)  # libgit2's default, for callers in the same process (tests)
     return 0

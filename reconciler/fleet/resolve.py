@@ -140,12 +140,14 @@ class Resolver:
             return None
         groups = self.groups_of(device, doc)
         ordered = sorted(groups, key=lambda g: (-self.priority(g), g))  # highest priority first
-        config: dict[str, Any] = dict(self.defaults)
+        # fleet defaults < (a model version's own resources and env) < groups by priority < the device
+        overrides: dict[str, Any] = {}
         for g in reversed(ordered):  # lowest first, so that higher priority overrides
             gdoc = self.groups.get(g)
             if gdoc is not None:
-                config = merge(config, gdoc.spec.get("config") or {})
-        config = merge(config, doc.spec.get("config") or {})
+                overrides = merge(overrides, gdoc.spec.get("config") or {})
+        overrides = merge(overrides, doc.spec.get("config") or {})
+        config = merge(self.defaults, overrides)
         config.setdefault("runtime", "process")
 
         pins: dict[str, list[tuple[int, str, str, int]]] = defaultdict(list)
@@ -169,7 +171,7 @@ class Resolver:
                 continue
             _, group, version, index = winners[0]
             version, why = self._rollout_version(device, doc, group, name, version)
-            assignment = self._assignment(device, doc, groups, group, index, name, version, config)
+            assignment = self._assignment(device, doc, groups, group, index, name, version, config, overrides)
             if assignment is None:
                 ok = False
                 continue
@@ -301,7 +303,8 @@ class Resolver:
         return mdoc
 
     def _assignment(self, device: str, doc: Document, groups: list[str], group: str, index: int,
-                    name: str, version: str, config: Mapping[str, Any]) -> ModelAssignment | None:
+                    name: str, version: str, config: Mapping[str, Any],
+                    overrides: Mapping[str, Any]) -> ModelAssignment | None:
         gdoc = self.groups[group]
         mdoc = self.check_pin(gdoc, index)
         if mdoc is None:
@@ -335,13 +338,13 @@ class Resolver:
         port = v["port"] + offset if v.get("port") is not None else None
         health_port = health["port"] + offset if health.get("port") is not None else port
         command = tuple(a.replace("${MODEL_PORT}", str(port)) if port is not None else a for a in v.get("command") or ())
-        res = {**(config.get("resources") or {}), **(v.get("resources") or {})}
-        env = {**(config.get("env") or {}), **(v.get("env") or {})}
+        res, env = ({**(self.defaults.get(key) or {}), **(v.get(key) or {}), **(overrides.get(key) or {})}
+                    for key in ("resources", "env"))
         return ModelAssignment(
             name=name, version=version, group=group, artifact=refs["artifact"], image=refs["image"],
             command=command, env=tuple(sorted(env.items())), port=port,
             health=HealthCheck(path=health.get("path"), port=health_port,
-                               timeout=float(health.get("timeout", 30.0)),
+                               timeout=float(health.get("timeout", self.settings["healthTimeout"])),
                                alive_seconds=float(health.get("aliveSeconds", 2.0)),
                                golden=golden_from_dict(health.get("golden"))),
             resources=Resources(cpus=res.get("cpus"), memory=res.get("memory"), gpus=res.get("gpus")),

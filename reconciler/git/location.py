@@ -22,3 +22,15 @@ def local_path(location: str) -> Path | None:
     if location.startswith("file://"):
         return Path(location[len("file://"):])
     return None if is_url(location) else Path(location)
+
+
+def is_working_tree(path: Path) -> bool:
+    """A non-bare repository (a work tree, or the ``.git`` directory of one): libgit2 cannot push into it, so
+    the agent could fetch from it but never deliver its status."""
+    if (path / ".git").exists():
+        return True
+    try:
+        config = (path / "config").read_text(errors="replace") if (path / "HEAD").is_file() else ""
+    except OSError:
+        return False
+    return any(line.strip().replace(" ", "") == "bare=false" for line in config.splitlines())

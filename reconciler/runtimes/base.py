@@ -35,6 +35,11 @@ class Runtime(Protocol):
         """Tell a running workload its detectors changed (SIGHUP)."""
         ...
 
+    def unsupported(self, workload: Workload) -> list[str]:
+        """Settings of ``workload`` this runtime cannot honour, one sentence each: reported as warnings on the
+        model in status, never dropped silently."""
+        ...
+
     def logs(self, observed: Observed, lines: int = 20) -> str:
         """The workload's last output lines, for failure messages (secrets are masked by the caller)."""
         ...

@@ -2,8 +2,8 @@
 
 Containers carry our labels (device, model, version, spec hash, and the settings we gave them) so that
 ``observe`` finds them after an agent restart and never sees a container someone else started.  Host ports
-are picked by Docker (ephemeral, on ``publishAddress``) so that a new version can start next to the old one
-before the old one is removed; the published address is reported in ``Observed.message``.
+are the model's own ``port`` on ``publishAddress`` (fixed, as Wallaroo's EDGE_PORT): a new version of a model with
+a port starts after the old one stopped, and the old one comes back should the new one fail.
 
 Beside this module: ``docker_connection`` (finding the daemon, SDK exceptions translated there; nothing from
 ``docker`` leaks to the caller), ``docker_spec`` (workload -> container arguments and labels) and
@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from reconciler.credentials import CredentialStore, mask
+from reconciler.credentials import CredentialStore, mask, storage_env
 from reconciler.errors import InvalidConfig, NotFound, ReconcilerError, Stalled
 from reconciler.model import HealthResult, Observed, Workload
 from reconciler.runtimes import golden, health
@@ -39,7 +39,7 @@ def _trim_logs(text: str, lines: int = LOG_LINES) -> str:
 
 class DockerRuntime:
     name = "docker"
-    parallel_ports = True  # the container port is published on a host port Docker picks per container
+    parallel_ports = False  # a model's port is published on publishAddress:port: one container holds it at a time
 
     def __init__(self, data_dir: Path, options: Mapping[str, Any]) -> None:
         self.data_dir = Path(data_dir)
@@ -152,6 +152,7 @@ class DockerRuntime:
 
     def start(self, workload: Workload) -> Observed:
         spec = container_spec(workload, self.publish_address, self.restart_policy)
+        spec["environment"].update(storage_env(workload.storage_credentials, self.credentials))
         what = f"model {workload.model} version {workload.version}"
         for path in (workload.model_dir, workload.detectors_config):
             if path and not Path(path).exists():
@@ -185,6 +186,9 @@ class DockerRuntime:
         if (container.labels or {}).get(L_MANAGED) != "true":
             raise Stalled(f"container {container.name} does not carry our labels: refusing to touch it")
         return container
+
+    def unsupported(self, workload: Workload) -> list[str]:
+        return []  # every setting maps to a container option
 
     def check_health(self, workload: Workload, observed: Observed) -> HealthResult:
         container = self._container(observed)

@@ -49,6 +49,7 @@ def settings(workload: Workload, publish_address: str, restart_policy: str) -> d
     r: Resources = workload.resources
     ports = sorted({p for p in (workload.port, workload.health.port) if p is not None})
     mounts = []
+    writable = [[workload.storage_dir, workload.storage_dir]] if workload.storage_dir else []
     if workload.model_dir:
         mounts.append([str(Path(workload.model_dir)), MODEL_MOUNT])
     if workload.detectors_config:
@@ -58,8 +59,11 @@ def settings(workload: Workload, publish_address: str, restart_policy: str) -> d
         "memory": memory_bytes(r.memory) if r.memory else 0,
         "gpus": [d["count"] for d in device_requests(r.gpus)],
         "restart": restart_policy,
-        "ports": [[f"{p}/tcp", publish_address] for p in ports],
+        # the model's port on publishAddress:port, as Wallaroo publishes EDGE_PORT: clients find it where the
+        # fleet says, not on a port Docker picks
+        "ports": [[f"{p}/tcp", workload.publish_address or publish_address, str(p)] for p in ports],
         "mounts": mounts,
+        "writable": writable,
     }
 
 
@@ -71,8 +75,10 @@ def observed_settings(attrs: Mapping[str, Any]) -> dict[str, Any]:
         "memory": host.get("Memory") or 0,
         "gpus": [d.get("Count") for d in host.get("DeviceRequests") or []],
         "restart": (host.get("RestartPolicy") or {}).get("Name") or "no",
-        "ports": sorted([port, (b[0] if b else {}).get("HostIp", "")] for port, b in bindings.items()),
+        "ports": sorted([port, (b[0] if b else {}).get("HostIp", ""), (b[0] if b else {}).get("HostPort", "")]
+                        for port, b in bindings.items()),
         "mounts": [[m.get("Source"), m.get("Target")] for m in host.get("Mounts") or [] if m.get("ReadOnly")],
+        "writable": [[m.get("Source"), m.get("Target")] for m in host.get("Mounts") or [] if not m.get("ReadOnly")],
     }
 
 
@@ -100,8 +106,9 @@ def container_spec(workload: Workload, publish_address: str, restart_policy: str
             L_SPEC: workload.spec_hash,
             L_CONFIG: json.dumps(wanted, sort_keys=True, separators=(",", ":")),
         },
-        "mounts": [{"Type": "bind", "Source": s, "Target": t, "ReadOnly": True} for s, t in wanted["mounts"]],
-        "ports": {port: (address, None) for port, address in wanted["ports"]},
+        "mounts": [*({"Type": "bind", "Source": s, "Target": t, "ReadOnly": True} for s, t in wanted["mounts"]),
+                   *({"Type": "bind", "Source": s, "Target": t, "ReadOnly": False} for s, t in wanted["writable"])],
+        "ports": {port: (address, int(host_port)) for port, address, host_port in wanted["ports"]},
         "restart_policy": {"Name": restart_policy},
         "detach": True,
     }

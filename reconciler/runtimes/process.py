@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from reconciler.credentials import CredentialStore, storage_env
 from reconciler.errors import NotFound, Transient
 from reconciler.model import HealthResult, Observed, Workload
 from reconciler.runtimes import golden, health, process_dirs
@@ -44,7 +45,16 @@ from reconciler.runtimes.process_state import (
     supervisor_alive,
     vm_rss,
 )
-from reconciler.runtimes.supervisor import LOG_FILE, MODULE, OLD_LOG_FILE, SPEC_FILE, STATE_FILE, fsync_dir, read_json
+from reconciler.runtimes.supervisor import (
+    LOG_FILE,
+    MODULE,
+    OLD_LOG_FILE,
+    SECRET_ENV_PREFIX,
+    SPEC_FILE,
+    STATE_FILE,
+    fsync_dir,
+    read_json,
+)
 
 
 class ProcessRuntime:
@@ -54,6 +64,7 @@ class ProcessRuntime:
     def __init__(self, data_dir: Path, options: Mapping[str, Any]) -> None:
         self.root = Path(data_dir).absolute() / "process"
         self.options = options
+        self.credentials: CredentialStore = options.get("credentials") or CredentialStore({})
         self.grace = float(options.get("stopGrace", 10.0))
         self.start_timeout = float(options.get("startTimeout", 10.0))
         self.supervisor_options = {
@@ -83,13 +94,21 @@ class ProcessRuntime:
             if supervisor_alive(existing, state):
                 return self._observe_dir(existing, read_json(existing / SPEC_FILE) or spec)
             self._remove(existing)
+        secret = storage_env(workload.storage_credentials, self.credentials)
         path = process_dirs.create_dir(self.root, workload, spec)
-        self._spawn_supervisor(path, workload)
+        self._spawn_supervisor(path, workload, secret)
         state = self._wait_started(path, workload)
         if state.get("spawnError"):
             self._remove(path)
             raise NotFound(f"{describe(workload)}: {state['spawnError']}")
         return self._observe_dir(path, spec)
+
+    def unsupported(self, workload: Workload) -> list[str]:
+        out = []
+        if workload.resources.gpus not in (None, 0):
+            out.append(f"resources.gpus {workload.resources.gpus!r} is not honoured by the process runtime (it "
+                       "cannot grant or isolate GPUs): use runtime docker")
+        return out
 
     def check_health(self, workload: Workload, observed: Observed) -> HealthResult:
         path = self._locate(observed)
@@ -155,9 +174,11 @@ class ProcessRuntime:
                 return p
         return paths[0] if paths else None
 
-    def _spawn_supervisor(self, path: Path, workload: Workload) -> None:
+    def _spawn_supervisor(self, path: Path, workload: Workload, secret: Mapping[str, str]) -> None:
         package_root = str(Path(__file__).resolve().parents[2])
         env = {"PATH": os.environ.get("PATH", DEFAULT_PATH), "LANG": "C.UTF-8", "PYTHONPATH": package_root}
+        # secrets reach the command through the supervisor's own environment, never through spec.json on disk
+        env.update({SECRET_ENV_PREFIX + k: v for k, v in secret.items()})
         try:
             with open(path / "supervisor.log", "ab") as log:
                 launcher = subprocess.Popen(

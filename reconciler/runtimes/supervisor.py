@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +30,19 @@ SPEC_FILE = "spec.json"
 STATE_FILE = "state.json"
 LOG_FILE = "output.log"
 OLD_LOG_FILE = "output.log.1"
+SECRET_ENV_PREFIX = "RECONCILER_WORKLOAD_SECRET_"  # the agent hands secrets over in our environment, not on disk
+
 MODULE = "reconciler.runtimes.supervisor"
 __all__ = ["fsync_dir", "read_json", "write_json_atomic"]
 
 
 def write_json_atomic(path: Path, doc: dict[str, Any]) -> None:
     write_atomic(path, json.dumps(doc, sort_keys=True, indent=1).encode())
+
+
+def secret_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """The workload's secret variables, from the supervisor's own environment."""
+    return {k[len(SECRET_ENV_PREFIX):]: v for k, v in environ.items() if k.startswith(SECRET_ENV_PREFIX)}
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -159,7 +167,7 @@ class Supervisor:
             self.child = subprocess.Popen(
                 self.spec["argv"],
                 cwd=self.spec["cwd"],
-                env=self.spec["env"],
+                env={**self.spec["env"], **secret_env(os.environ)},
                 stdin=subprocess.DEVNULL,
                 stdout=write_end,
                 stderr=write_end,

@@ -36,8 +36,7 @@ def summarize(facts: Facts, previous: Mapping[str, Mapping[str, str]], now: str
         ready = ("False", "ReconcileFailed", _one_line(err, ""))
     elif facts.failing:
         phase = "Degraded"
-        detail = "; ".join(f"{m}: {why}" for m, why in sorted(facts.failing.items()))
-        ready = ("False", "HealthCheckFailed", detail)
+        ready = ("False", "HealthCheckFailed", _failing(facts))
     else:
         phase = "Ready"
         ready = ("True", "ReconciliationSucceeded", "every desired model runs and is healthy")
@@ -47,7 +46,9 @@ def summarize(facts: Facts, previous: Mapping[str, Mapping[str, str]], now: str
         else ("False", "NotStalled", ""),
         "Reconciling": ("True", err.reason, "retrying with backoff") if isinstance(err, Transient | Waiting)
         else ("False", "Idle", ""),
-        "Degraded": ("True", "HealthCheckFailed", ready[2]) if facts.failing else ("False", "AllHealthy", ""),
+        # which desired models do not run as desired, whatever stopped the pass; AllHealthy only when none
+        "Degraded": ("True", "HealthCheckFailed" if err is None else "ModelsNotRunning", _failing(facts))
+        if facts.failing else ("False", "AllHealthy", ""),
     }
     if facts.fetch_error is not None:
         wanted["Connected"] = ("False", facts.fetch_error.reason, _one_line(facts.fetch_error, "working offline"))
@@ -68,6 +69,10 @@ def summarize(facts: Facts, previous: Mapping[str, Mapping[str, str]], now: str
         conditions.append({"type": ctype, "status": status, "reason": reason, "message": message,
                            "lastTransitionTime": since})
     return phase, conditions
+
+
+def _failing(facts: Facts) -> str:
+    return "; ".join(f"{m}: {why}" for m, why in sorted(facts.failing.items()))
 
 
 def _one_line(err: BaseException, suffix: str) -> str:

@@ -56,6 +56,10 @@ def build(*, device: str, runtime: str | None, observed: str | None, applied: st
         signer = (info.get("signatures") or {}).get(entry["version"])
         if signer:
             entry["signedBy"] = str(signer)  # the model signing key that signed this version
+        if info.get("address"):
+            entry["address"] = info["address"]
+        if info.get("warnings"):
+            entry["warnings"] = list(info["warnings"])
         if info.get("desiredVersion") and info.get("desiredVersion") != entry["version"]:
             entry["desiredVersion"] = str(info["desiredVersion"])
         doc["models"].append(entry)
@@ -72,15 +76,21 @@ def render(doc: Mapping[str, Any]) -> str:
     return yaml.dump(dict(doc), Dumper=_Dumper, sort_keys=False, default_flow_style=False)
 
 
-def significant(text: str | None) -> Any:
-    """The part of a status document whose change deserves a commit."""
+def parse(text: str | None) -> dict[str, Any] | None:
+    """A status document read back (the previous one, to say what changed); None when absent or unreadable."""
     if not text:
         return None
     try:
-        doc = yaml.load(text, Loader=Loader)  # a safe loader (libyaml when present)
+        doc = yaml.load(text, Loader=Loader)
     except yaml.YAMLError:
         return None
-    if not isinstance(doc, dict):
+    return doc if isinstance(doc, dict) else None
+
+
+def significant(text: str | None) -> Any:
+    """The part of a status document whose change deserves a commit."""
+    doc = parse(text)
+    if doc is None:
         return None
     for key in VOLATILE:
         doc.pop(key, None)

@@ -6,11 +6,13 @@ Light to import (``reconciler --help`` loads it); pygit2 loads only in ``open_fr
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, datetime
+import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from reconciler.errors import UsageError
+from reconciler.quantities import parse_duration
 
 if TYPE_CHECKING:
     from reconciler.views.fleetrepo import FleetRepo
@@ -40,10 +42,23 @@ def open_from_args(args: argparse.Namespace) -> FleetRepo:
                            status_location=getattr(args, "status_repo", None))
 
 
-def parse_since(value: str) -> datetime:
-    """``2024-05-01`` or an ISO 8601 time; without a zone it is UTC."""
+_AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*(second|minute|hour|day|week)s?\s+ago$")
+_UNIT_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400, "week": 7 * 86400}
+
+
+def parse_since(value: str, now: datetime | None = None) -> datetime:
+    """``2024-05-01`` or an ISO 8601 time (UTC when it has no zone), ``3 days ago`` (seconds, minutes, hours,
+    days, weeks), or a duration back from now as the fleet files write them (``90m``, ``12h``, ``7d``)."""
+    now = now or datetime.now(UTC)
+    text = value.strip().lower()
+    ago = _AGO.match(text)
+    if ago:
+        return now - timedelta(seconds=float(ago.group(1)) * _UNIT_SECONDS[ago.group(2)])
+    if text and text[-1] in "smhd" and (seconds := parse_duration(text)) is not None:
+        return now - timedelta(seconds=seconds)
     try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise UsageError(f"--since {value!r}: expected a date like 2024-05-01 or 2024-05-01T12:00:00Z") from None
+        raise UsageError(f"--since {value!r}: expected a date like 2024-05-01, a time like 2024-05-01T12:00:00Z, "
+                         "'3 days ago' or a duration back from now like 12h or 7d") from None
     return when if when.tzinfo else when.replace(tzinfo=UTC)

@@ -36,7 +36,7 @@ VERSIONS = ("1.0", "2.0", "3.0")
 # busybox httpd serving what a user would check: the version it runs, the model's weights (read through the
 # read-only MODEL_DIR mount), and /healthz unless the version is meant to fail its health check.
 SERVE = ("mkdir -p /tmp/w && echo $MODEL_VERSION > /tmp/w/version && {weights} {healthz}"
-         " exec httpd -f -p 8080 -h /tmp/w")
+         " exec httpd -f -p $MODEL_PORT -h /tmp/w")  # MODEL_PORT: published at the same port
 
 
 def serve_command(healthz: bool = True, delay: float = 0, weights: bool = True) -> list[str]:
@@ -61,7 +61,7 @@ class DockerLab(Lab):
         versions: dict[str, Any] = {}
         for v in VERSIONS:
             entry: dict[str, Any] = {
-                "artifact": self.refs[v], "image": self.images[v], "command": serve_command(), "port": 8080,
+                "artifact": self.refs[v], "image": self.images[v], "command": serve_command(), "port": self.port,
                 "health": {"path": "/healthz", "timeout": 10}, "resources": {"cpus": 0.5, "memory": "64m"}}
             entry.update((overrides or {}).get(v, {}))
             entry = {k: value for k, value in entry.items() if value is not None}
@@ -103,7 +103,10 @@ def only(daemon: DockerDaemon) -> Any:
 
 
 def get(container: Any, path: str) -> tuple[int, str]:
-    binding = container.attrs["NetworkSettings"]["Ports"]["8080/tcp"][0]
+    env = dict(e.split("=", 1) for e in container.attrs["Config"]["Env"])
+    port = int(env["MODEL_PORT"])
+    binding = container.attrs["NetworkSettings"]["Ports"][f"{port}/tcp"][0]
+    assert binding["HostPort"] == str(port)  # the model's port, on the same host port (Wallaroo's EDGE_PORT)
     assert binding["HostIp"] == "127.0.0.1"  # published on loopback unless configured otherwise
     try:
         url = f"http://127.0.0.1:{binding['HostPort']}{path}"
@@ -225,9 +228,8 @@ def test_first_deploy_upgrade_and_downgrade(lab: DockerLab) -> None:
 
 
 @pytest.mark.integration
-def test_failed_health_check_rolls_back_and_the_old_container_keeps_serving(lab: DockerLab) -> None:
+def test_failed_health_check_rolls_back_to_the_old_version(lab: DockerLab) -> None:
     assert lab.run() == 0
-    old = only(lab.daemon)
     bad = {"3.0": {"command": serve_command(healthz=False), "health": {"path": "/healthz", "timeout": 2}}}
     lab.commit({"models/counter.yaml": lab.docker_model_yaml(bad), "groups/all.yaml": lab.group_yaml("3.0")},
                "3.0 serves no /healthz")
@@ -237,12 +239,13 @@ def test_failed_health_check_rolls_back_and_the_old_container_keeps_serving(lab:
     m = model_state(lab)
     assert m["state"] == "rolledBack" and m["version"] == "1.0" and m["desiredVersion"] == "3.0"
     assert "3.0" in m["lastError"] and "health check failed" in m["lastError"]
-    now = only(lab.daemon)  # the failed container is removed, the old one was never stopped
-    assert now.id == old.id and now.attrs["State"]["StartedAt"] == old.attrs["State"]["StartedAt"]
-    assert serving(now) == "1.0"
+    # the model's port is published on publishAddress:port, which one container holds at a time: the old one
+    # was stopped for the new one, and after the failure a container of the old version serves again
+    now = only(lab.daemon)
+    assert now.labels[L_VERSION] == "1.0" and serving(now) == "1.0"
     # held, not retried in a loop for the same desired state
     assert lab.run() == 1
-    assert only(lab.daemon).id == old.id and lab.status()["phase"] == "Degraded"
+    assert only(lab.daemon).id == now.id and lab.status()["phase"] == "Degraded"
 
 
 @pytest.mark.integration
@@ -286,9 +289,10 @@ def test_agent_killed_mid_deploy_then_next_run_adopts(lab: DockerLab) -> None:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     assert new is not None, "the agent never started version 2.0"
-    assert sorted(c.labels[L_VERSION] for c in ours(lab.daemon)) == ["1.0", "2.0"]
+    # the port is 2.0's now: 1.0 was stopped before 2.0 started
+    assert sorted(c.labels[L_VERSION] for c in ours(lab.daemon)) == ["2.0"]
     assert lab.run() == 0
-    c = only(lab.daemon)  # adopted (the same container, not a second one) and the old version removed
+    c = only(lab.daemon)  # adopted (the same container, not a second one)
     assert c.id == new.id
     # adopted only after passing the health check it never finished: healthy now, and reported as 2.0
     assert get(c, "/healthz")[0] == 200 and serving(c) == "2.0"
@@ -334,3 +338,45 @@ def test_unreachable_docker_host_fails_clearly_without_a_crash_loop(lab: DockerL
     assert not cycle.ready and cycle.error is not None and cycle.error.reason == "RuntimeUnavailable"
     assert agent.next_wait(cycle) >= 1.0 and agent.failures == 0
     assert ready_condition(lab) == ready and lab.status_commits() == commits
+
+
+@pytest.mark.integration
+def test_settings_reach_the_container(lab: DockerLab) -> None:
+    """storage (a read-write bind mount at the same path) and inferenceLog reach the container's environment; the
+    model's port is published on publishAddress:port and status records that address; an s3 credential held by
+    the device reaches the container and not the status."""
+    jobs = lab.root / "jobs"
+    write_job = "echo $MODEL_VERSION > $STORAGE_PATH/written-by-container && "
+    command = serve_command()
+    command[-1] = write_job + command[-1]
+    settings = {"storage": {"driver": "filesystem", "filesystem": {"path": str(jobs)}},
+                "inferenceLog": {"localInferenceStorage": "64Mi", "pageSize": 500}}
+    fleet_doc = yaml.safe_load(lab.fleet_yaml())
+    fleet_doc["spec"]["defaults"].update(settings)
+    lab.commit({"fleet.yaml": yaml.safe_dump(fleet_doc),
+                "models/counter.yaml": lab.docker_model_yaml({"1.0": {"command": command}})}, "settings")
+    assert lab.run() == 0
+    c = only(lab.daemon)
+    env = dict(e.split("=", 1) for e in c.attrs["Config"]["Env"])
+    assert (env["STORAGE_DRIVER"], env["STORAGE_PATH"]) == ("filesystem", str(jobs))
+    assert (env["LOCAL_INFERENCE_STORAGE"], env["INFERENCE_LOG_PAGE_SIZE"]) == (str(64 * 2**20), "500")
+    assert (jobs / "written-by-container").read_text() == "1.0\n"  # read-write, at the same place
+    binding = c.attrs["NetworkSettings"]["Ports"][f"{lab.port}/tcp"][0]
+    assert (binding["HostIp"], binding["HostPort"]) == ("127.0.0.1", str(lab.port))
+    assert lab.get("/version")[1] == "1.0\n"  # on the host at publishAddress:port itself
+    assert model_state(lab)["address"] == f"127.0.0.1:{lab.port}"
+
+    secret = lab.root / "s3-secret"
+    secret.write_text("docker-s3-secret-value\n")
+    fleet_doc["spec"]["defaults"]["storage"] = {"driver": "s3", "s3": {
+        "region": "eu-west-1", "bucket": "acme", "path": "edge/dev1", "credentialsRef": "lab-s3"}}
+    lab.commit({"fleet.yaml": yaml.safe_dump(fleet_doc)}, "s3 storage")
+    from reconciler.main import main
+
+    config = lab.config_path(credentials={"lab-s3": {"username": "AKIDDOCKER", "passwordFile": str(secret)}})
+    assert main(["agent", "--config", str(config), "--once"]) == 0
+    env = dict(e.split("=", 1) for e in only(lab.daemon).attrs["Config"]["Env"])
+    assert (env["STORAGE_DRIVER"], env["S3_BUCKET"], env["S3_PREFIX"]) == ("s3", "acme", "edge/dev1")
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == ("AKIDDOCKER", "docker-s3-secret-value")
+    assert "docker-s3-secret-value" not in git(lab.server, "log", "-p", "refs/heads/status/dev1")
+    assert "docker-s3-secret-value" not in (lab.data_dir / "state.json").read_text()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +60,7 @@ def _workload(**kw: Any) -> Workload:
 
 def test_container_spec_carries_env_mounts_labels_and_resources() -> None:
     w = _workload(command=("serve", "--fast"), env=(("LOG", "debug"),), port=8080,
-                  resources=Resources(cpus=0.5, memory="1536m", gpus="all"))
+                  resources=Resources(cpus=0.5, memory="1536m", gpus="all"), storage_dir="/srv/jobs")
     spec = container_spec(w, "127.0.0.1", "unless-stopped")
     assert spec["image"] == w.image
     assert spec["command"] == ["serve", "--fast"]
@@ -68,8 +69,11 @@ def test_container_spec_carries_env_mounts_labels_and_resources() -> None:
     assert spec["mounts"] == [
         {"Type": "bind", "Source": "/srv/models/a", "Target": MODEL_MOUNT, "ReadOnly": True},
         {"Type": "bind", "Source": "/srv/detectors.yaml", "Target": DETECTORS_MOUNT, "ReadOnly": True},
+        {"Type": "bind", "Source": "/srv/jobs", "Target": "/srv/jobs", "ReadOnly": False},  # storage, same place
     ]
-    assert spec["ports"] == {"8080/tcp": ("127.0.0.1", None)}
+    assert spec["ports"] == {"8080/tcp": ("127.0.0.1", 8080)}  # the model's own port, not one Docker picks
+    assert container_spec(replace(w, publish_address="0.0.0.0"), "127.0.0.1", "no")["ports"] == {
+        "8080/tcp": ("0.0.0.0", 8080)}
     assert spec["nano_cpus"] == 500_000_000
     assert spec["mem_limit"] == 1536 * 2**20
     assert spec["device_requests"] == [{"count": -1, "capabilities": [["gpu"]]}]
@@ -89,7 +93,7 @@ def test_settings_match_what_docker_inspect_reports() -> None:
     inspect = {"HostConfig": {
         "NanoCpus": 1_500_000_000, "Memory": 2**30, "RestartPolicy": {"Name": "on-failure"},
         "DeviceRequests": [{"Driver": "", "Count": 2, "Capabilities": [["gpu"]]}],
-        "PortBindings": {"8080/tcp": [{"HostIp": "0.0.0.0", "HostPort": ""}]},
+        "PortBindings": {"8080/tcp": [{"HostIp": "0.0.0.0", "HostPort": "8080"}]},
         "Mounts": [{"Type": "bind", "Source": "/srv/models/a", "Target": MODEL_MOUNT, "ReadOnly": True},
                    {"Type": "bind", "Source": "/srv/detectors.yaml", "Target": DETECTORS_MOUNT,
                     "ReadOnly": True}],
@@ -124,7 +128,8 @@ def test_epoch_and_log_trimming() -> None:
 
 # -- integration: a real dockerd -------------------------------------------------------------------------
 
-HTTPD = ("httpd", "-f", "-p", "8080", "-h", MODEL_MOUNT)
+PORT = free_port()  # docker publishes a model's port on the same host port: never a fixed one on a shared host
+HTTPD = ("httpd", "-f", "-p", str(PORT), "-h", MODEL_MOUNT)
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +163,7 @@ def _deploy(tmp_path: Path, model_dir: Path, image: str, **kw: Any) -> Workload:
     detectors = tmp_path / "detectors.yaml"
     detectors.write_text("detectors: []\n")
     base: dict[str, Any] = dict(device="edge-1", model="detector", version="1.0", model_dir=str(model_dir),
-                                detectors_config=str(detectors), image=image, command=HTTPD, port=8080,
+                                detectors_config=str(detectors), image=image, command=HTTPD, port=PORT,
                                 health=HealthCheck(path="/healthz", timeout=10))
     base.update(kw)
     return Workload(**base)
@@ -188,7 +193,7 @@ def test_first_deploy_runs_the_container_as_declared(
     assert info["HostConfig"]["NanoCpus"] == 500_000_000
     assert info["HostConfig"]["Memory"] == 64 * 2**20
     assert info["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
-    assert [b["HostIp"] for b in info["NetworkSettings"]["Ports"]["8080/tcp"]] == ["127.0.0.1"]
+    assert [b["HostIp"] for b in info["NetworkSettings"]["Ports"][f"{PORT}/tcp"]] == ["127.0.0.1"]
     mounts = {m["Destination"]: m for m in info["Mounts"]}
     assert mounts[MODEL_MOUNT]["RW"] is False and mounts[MODEL_MOUNT]["Source"] == str(model_dir)
     assert mounts[DETECTORS_MOUNT]["RW"] is False
@@ -205,7 +210,7 @@ def test_first_deploy_runs_the_container_as_declared(
     assert seen.started_at > time.time() - 120
     assert seen.memory_bytes is not None and seen.memory_bytes > 0
     assert seen.cpu_percent is not None
-    assert "8080/tcp on 127.0.0.1:" in seen.message
+    assert f"{PORT}/tcp on 127.0.0.1:{PORT}" in seen.message
 
 
 @pytest.mark.integration
@@ -219,11 +224,10 @@ def test_upgrade_then_downgrade_replaces_the_container(
     for new_w, old_obs in ((v2, old), (v1, None)):
         if old_obs is None:  # downgrade: from whatever 2.0 container runs now
             [old_obs] = runtime.observe("edge-1", with_stats=False)
-        new = runtime.start(new_w)
-        # Both run side by side until the new one is healthy.
-        assert {o.version for o in runtime.observe("edge-1", with_stats=False)} == {"1.0", "2.0"}
-        assert runtime.check_health(new_w, new).healthy
+        # the port is published on the same host port: one container holds it, the old one goes first
         runtime.stop(old_obs)
+        new = runtime.start(new_w)
+        assert runtime.check_health(new_w, new).healthy
         now = runtime.observe("edge-1", with_stats=False)
         assert [(o.version, o.handle) for o in now] == [(new_w.version, new.handle)]
 
@@ -235,9 +239,10 @@ def test_failed_http_health_check_reports_the_containers_last_log_lines(
     good = _deploy(tmp_path, model_dir, pushed[1])
     running = runtime.start(good)
     assert runtime.check_health(good, running).healthy
-    script = "echo 'loading weights: checksum mismatch'; exec httpd -f -p 8080 -h /tmp"
+    other = free_port()  # the good one still holds PORT
+    script = f"echo 'loading weights: checksum mismatch'; exec httpd -f -p {other} -h /tmp"
     w = _deploy(tmp_path, model_dir, pushed[1], version="3.0", health=HealthCheck(path="/healthz", timeout=2),
-                command=("sh", "-c", script))
+                command=("sh", "-c", script), port=other)
     observed = runtime.start(w)
     result = runtime.check_health(w, observed)
     assert not result.healthy
