@@ -39,7 +39,7 @@ def device_fleet(root: Path, device: str = "edge1", port: int | None = None, mod
         write(work, "groups/all.yaml", yaml.safe_dump(
             {"apiVersion": "fleet/v1", "kind": "Group", "metadata": {"name": "all"},
              "spec": {"models": [{"name": "sleeper", "version": "1.0"}],
-                      "detectors": [{"detector_id": "det_door", "model": "sleeper",
+                      "detectors": [{"detector_id": "det_door00000000000000000000000", "model": "sleeper",
                                      "confidence_threshold": 0.8}]}}))
     git_init(work)
     bare = root / "fleet.git"
