@@ -23,8 +23,11 @@ from reconciler.errors import Stalled
 
 
 def activate(store: StoreLayout, model: str, version: str, pinned: Reference, manifest: Manifest, *,
-             max_bytes: int) -> Path:
-    """Build the version's directory from blobs already in ``store``, then point its link at it."""
+             max_bytes: int, max_ratio: float = 0) -> Path:
+    """Build the version's directory from blobs already in ``store``, then point its link at it.
+
+    Archives may expand to ``max_bytes`` in all, and each to at most ``max_ratio`` times its compressed
+    size (0: no ratio cap): a 1 MB gzip of 1 GiB of zeros is refused before the cap is written past."""
     model_dir = store.models / model
     model_dir.mkdir(parents=True, exist_ok=True)
     link = model_dir / version
@@ -40,7 +43,8 @@ def activate(store: StoreLayout, model: str, version: str, pinned: Reference, ma
             blob = store.blob_path(layer.digest)
             kind = layer.is_archive
             if kind:
-                out = extract(blob, build, compression=kind, max_bytes=budget,
+                cap = min(budget, int(max_ratio * layer.size)) if max_ratio else budget
+                out = extract(blob, build, compression=kind, max_bytes=cap,
                               what=f"{pinned}: layer {layer.digest}")
                 budget -= out.size
                 files.update(out.files)

@@ -3,7 +3,8 @@
 oras-py's ``extract_targz`` compares path strings (``/out2`` passes a check for ``/out``); we refuse
 instead: absolute names, ``..``, devices and fifos, symlinks whose target is absolute or climbs with
 ``..`` (so no chain of links can leave the directory), hard links to anything but a file extracted
-before, writing through an existing symlink, and more than ``max_bytes`` of content in total.
+before, writing through an existing symlink, sparse entries, and more than ``max_bytes`` of content in total
+(checked from each header before its content is written).  Files and directories are fsynced.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reconciler.artifacts.manifest import safe_relative_path
-from reconciler.durable import is_disk_full
+from reconciler.durable import fsync_dir, is_disk_full
 from reconciler.errors import DiskFull, IntegrityError
 
 MAX_MEMBERS = 100_000
@@ -33,6 +34,7 @@ def extract(archive: Path, dest: Path, *, compression: str, max_bytes: int, what
     """Extract ``archive`` (``tar`` or ``tar+gzip``) into the existing directory ``dest``."""
     files: dict[str, str] = {}
     links: dict[str, str] = {}
+    written_dirs: set[Path] = {dest}
     total = 0
     try:
         with tarfile.open(archive, "r|gz" if compression == "tar+gzip" else "r|") as tar:
@@ -43,6 +45,8 @@ def extract(archive: Path, dest: Path, *, compression: str, max_bytes: int, what
                 if raw_name in ("", "."):
                     continue
                 name = safe_relative_path(raw_name, f"{what}: archive member")
+                if member.issparse():  # a 129-byte header can describe a file of any size
+                    raise IntegrityError(f"{what}: archive member {name!r} is a sparse file: refused")
                 target = dest / name
                 _check_parent(dest, target, what, name)
                 if member.isdir():
@@ -56,6 +60,7 @@ def extract(archive: Path, dest: Path, *, compression: str, max_bytes: int, what
                     if source is None:
                         raise IntegrityError(f"{what}: cannot read archive member {name!r}")
                     files[name] = _write(source, target, member.size, what, name)
+                    written_dirs.add(target.parent)
                     links.pop(name, None)
                 elif member.issym():
                     link = member.linkname
@@ -88,6 +93,9 @@ def extract(archive: Path, dest: Path, *, compression: str, max_bytes: int, what
             raise IntegrityError(f"{what}: cannot extract archive: {exc.strerror}") from None
         # A corrupt gzip stream is an OSError without errno.
         raise IntegrityError(f"{what}: not a valid {compression} archive ({type(exc).__name__})") from None
+    # every file was fsynced as it was written; the directory entries too, before the version is switched to
+    for directory in sorted(written_dirs, key=lambda d: len(d.parts), reverse=True):
+        fsync_dir(directory)
     return Extracted(files, links, total)
 
 
@@ -126,4 +134,6 @@ def _write(source: object, target: Path, size: int, what: str, name: str) -> str
                 raise IntegrityError(f"{what}: archive member {name!r} is longer than its header says")
             out.write(block)
             hasher.update(block)
+        out.flush()
+        os.fsync(out.fileno())  # a power cut after the switch must not find an empty file
     return "sha256:" + hasher.hexdigest()

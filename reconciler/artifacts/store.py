@@ -71,6 +71,7 @@ class ArtifactStore(StoreLayout):
 
     concurrency = 4  # layers fetched at once
     max_extract_bytes = 16 * 1024**3  # cap on what one version's archives may expand to
+    max_extract_ratio = 200.0  # and each archive at most this many times its compressed size
     reserve_bytes = 64 * 1024**2  # free space kept beyond what a pull needs
 
     def _ensure_dirs(self) -> None:
@@ -134,7 +135,7 @@ class ArtifactStore(StoreLayout):
             downloaded = self._fetch(reference, client, manifest, missing, progress)
             self._store_manifest(manifest)
             path = activate(self, model, version, reference.pinned(manifest.digest), manifest,
-                            max_bytes=self.max_extract_bytes)
+                            max_bytes=self.max_extract_bytes, max_ratio=self.max_extract_ratio)
             return PullResult(path, manifest.digest, downloaded, time.monotonic() - started, False)
 
     def _check_layers(self, manifest: Manifest, where: str) -> None:
