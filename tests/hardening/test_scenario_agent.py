@@ -115,3 +115,19 @@ def test_scenario_22_clock_set_back_does_not_stop_heartbeats(lab: Lab) -> None:
     commits = lab.status_commits()
     assert lab.run() == 0
     assert lab.status_commits() == commits + 1  # a heartbeat, though the wall clock now reads "earlier"
+
+
+def test_scenario_19_status_branch_rewritten_remotely_is_continued_not_overwritten(lab: Lab) -> None:
+    assert lab.run() == 0
+    work = lab.root / "rewrite"
+    git(lab.root, "clone", "-q", "-b", "status/dev1", str(lab.server), str(work))
+    git(work, "checkout", "-q", "--orphan", "rewritten")
+    (work / "status.yaml").write_text("device: dev1\nphase: Unknown\n")
+    git(work, "add", "-A")
+    git(work, "commit", "-qm", "rewritten by someone")
+    git(work, "push", "-q", "--force", "origin", "rewritten:status/dev1")
+    lab.commit({"groups/all.yaml": lab.group_yaml("2.0")}, "upgrade")
+    assert lab.run() == 0 and wait_serving(lab, "2.0")
+    log = git(lab.server, "log", "--format=%s", "refs/heads/status/dev1").splitlines()
+    assert log[-1] == "rewritten by someone"  # what the server holds was kept, not force-pushed over
+    assert lab.status()["phase"] == "Ready" and len(log) >= 2
