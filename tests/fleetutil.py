@@ -25,7 +25,8 @@ def write(root: Path, rel: str, text: str) -> Path:
     return path
 
 
-def minimal_fleet(root: Path) -> Path:
+def fleet_and_model(root: Path) -> Path:
+    """fleet.yaml (registry ``repo``, process runtime) and model ``m`` with versions 1.0 and 2.0."""
     write(root, "fleet.yaml", """
         apiVersion: fleet/v1
         kind: Fleet
@@ -44,6 +45,11 @@ def minimal_fleet(root: Path) -> Path:
             "1.0": {{artifact: repo/m@{D}, command: [sleep, "100"]}}
             "2.0": {{artifact: repo/m@{D2}, command: [sleep, "100"]}}
         """)
+    return root
+
+
+def minimal_fleet(root: Path) -> Path:
+    fleet_and_model(root)
     write(root, "groups/g.yaml", """
         apiVersion: fleet/v1
         kind: Group

@@ -29,8 +29,8 @@ from reconciler.model import DesiredState
 ABSENT = -1  # no device file at this commit
 # a letter, then letters and digits in runs joined by '-': never a number, date, bool or null to YAML
 _PLAIN_NAME = re.compile(r"[a-z][a-z0-9]*(?:-[a-z0-9]+)+")
-# (fleet.yaml, groups/ and models/ ids): what every device's resolution reads besides its own file
-Shared = tuple[str | None, str | None, str | None]
+# (fleet.yaml, groups/, models/ and rollouts/ ids): what every device's resolution reads besides its own file
+Shared = tuple[str | None, str | None, str | None, str | None]
 
 
 def _frozen(value: Any) -> Hashable:
@@ -50,7 +50,7 @@ class _Commit:
         self.view = FleetView(self.source, cache)
         self.resolver = Resolver(self.view)
         self.shared: Shared = (self.source.key(FLEET_FILE), self.source.tree_id("groups"),
-                               self.source.tree_id("models"))
+                               self.source.tree_id("models"), self.source.tree_id("rollouts"))
         self._membership: int | None = None
         self._access: frozenset[str] | None = None
 
@@ -152,7 +152,8 @@ class FleetStates:
             if doc is not None:
                 content = (tuple(at.resolver.groups_of(device, doc)), _frozen(doc.labels), _frozen(doc.spec))
             profile = self._profiles[pkey] = self._profile_ids.setdefault(content, len(self._profile_ids))
-        rkey = (at.shared, profile, device if device in at.access() else None)
+        # an active rollout gives each device its own cohort: alike devices no longer resolve alike
+        rkey = (at.shared, profile, device if device in at.access() or at.resolver.rollouts.active else None)
         result = self._results.get(rkey)
         if result is None:
             result = self._results[rkey] = len(self.states)
@@ -235,7 +236,7 @@ class FleetStates:
                 if not path.startswith(prefix):
                     continue
                 top, _, rest = path[len(prefix):].partition("/")
-                if top == FLEET_FILE or (top in ("groups", "models") and rest):
+                if top == FLEET_FILE or (top in ("groups", "models", "rollouts") and rest):
                     return None
                 name = rest.rsplit(".", 1)[0]
                 # what the devices/ listing counts as a device: a .yaml/.yml file right in it, not hidden

@@ -3,7 +3,7 @@ what it actually ran, as one timeline.
 
 Desired changes come from the fleet branch's first-parent chain (each commit as it landed on main, a merge
 counted as the change it brought).  A commit can change what a device runs only if it touched fleet.yaml,
-groups/, models/ or that device's file, so the others are skipped by comparing tree entry ids, and each
+groups/, models/, rollouts/ or that device's file, so the others are skipped by comparing tree entry ids, and each
 distinct set of those entries is resolved once; a model's history resolves each class of devices that resolve
 alike once (``fleetstates``), not every device at every commit.  Observed changes come from the status branch chains: a
 status commit counts when the phase, the applied fleet commit or a model's version, state or digest changed.
@@ -157,7 +157,7 @@ class _DeviceResolver:
         self.fleet = fleet
         self.device = device
         self.paths = _prefixed(fleet, FLEET_FILE, "groups", "models", f"devices/{device}.yaml",
-                               f"devices/{device}.yml")
+                               f"devices/{device}.yml", "rollouts")
         self.cache = ParseCache()
         self.index = _TreeIndex(fleet.repo)
         self._by_key: dict[tuple[str | None, ...], _Resolved] = {}
@@ -211,7 +211,8 @@ def desired_for_device(fleet: FleetRepo, device: str, since: datetime | None = N
 def desired_for_model(fleet: FleetRepo, model: str, since: datetime | None = None) -> Iterator[Event]:
     """Commits that changed which devices run ``model``, or which version, with the devices' lines."""
     repo = fleet.repo
-    paths = _prefixed(fleet, FLEET_FILE, "groups", f"models/{model}.yaml", f"models/{model}.yml", "devices")
+    paths = _prefixed(fleet, FLEET_FILE, "groups", f"models/{model}.yaml", f"models/{model}.yml", "devices",
+                      "rollouts")
     mentions = re.compile(rf"^[+~-] model {re.escape(model)}[ :]")
     index = _TreeIndex(repo)
     states = FleetStates(repo, fleet.subdir)

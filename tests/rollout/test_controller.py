@@ -16,7 +16,7 @@ from reconciler.fleet.rollouts import bucket
 from reconciler.git.mirror import FleetMirror
 from reconciler.main import main
 from reconciler.rollout.controller import Controller
-from tests.fleetutil import D2, D, git, write
+from tests.fleetutil import fleet_and_model, git, write
 from tests.views.test_views import put_status, status_doc
 
 DEVICES = [f"d{i:02d}" for i in range(20)]
@@ -40,23 +40,7 @@ def rollout_yaml(steps: str, gates: str = "{maxFailed: 0, minReporting: 100}", e
 class Fleet:
     def __init__(self, root: Path) -> None:
         self.work, self.server = root / "work", root / "server.git"
-        write(self.work, "fleet.yaml", """
-            apiVersion: fleet/v1
-            kind: Fleet
-            metadata: {name: t}
-            spec:
-              registries: {repo: {host: 127.0.0.1, port: 5000}}
-              defaults: {runtime: process, registry: repo}
-            """)
-        write(self.work, "models/m.yaml", f"""
-            apiVersion: fleet/v1
-            kind: Model
-            metadata: {{name: m}}
-            spec:
-              versions:
-                "1.0": {{artifact: repo/m@{D}, command: [sleep, "100"]}}
-                "2.0": {{artifact: repo/m@{D2}, command: [sleep, "100"]}}
-            """)
+        fleet_and_model(self.work)
         write(self.work, "groups/all.yaml", """
             # the whole fleet
             apiVersion: fleet/v1
@@ -336,3 +320,19 @@ def test_status_branches_in_a_status_repository_of_their_own(fleet: Fleet, tmp_p
     capsys.readouterr()
     assert main(["rollout", "status", "--repo", str(fleet.server), "--status-repo", str(statuses)]) == 0
     assert "step 2/2 (100%), Progressing; cohort 20: 1 healthy, 0 failed, 19 unknown" in capsys.readouterr().out
+
+
+def test_history_shows_each_decision_commit_with_the_devices_it_switched(
+        fleet: Fleet, capsys: pytest.CaptureFixture[str]) -> None:
+    fleet.commit("rollouts/m2.yaml", rollout_yaml("[{devices: [d00]}, {percent: 50}, {percent: 100}]"))
+    fleet.report("d00", "2.0")
+    fleet.run()
+    capsys.readouterr()
+    assert main(["history", "--model", "m", "--repo", str(fleet.server)]) == 0
+    out = capsys.readouterr().out
+    advance = out[out.index("reconciler rollout <rollout@fleet.invalid>: rollout m2: advance to step 2/3"):]
+    switched = [line.split(":")[0].strip() for line in advance.splitlines()[1:] if "~ model m 1.0 -> 2.0" in line]
+    assert switched == sorted(set(cohort("m2", 50)) - {"d00"})
+    assert main(["history", "--device", "d00", "--repo", str(fleet.server)]) == 0
+    out = capsys.readouterr().out
+    assert "Test Operator <operator@example.com>: change\n    ~ model m 1.0 -> 2.0 (upgrade, group all)" in out
