@@ -1,7 +1,7 @@
-"""The bundle file itself: a POSIX tar, optionally zstd-compressed, written and read as a stream.
+"""The bundle file itself: a POSIX tar, optionally zstd-compressed, written and read in one pass.
 
-Streams, so that neither side holds a member in memory or needs to seek: the device reads a multi-GiB
-bundle in one pass with a bounded buffer, and compression (``--zstd``, the optional ``zstandard`` package)
+Neither side holds a member in memory: the device reads a multi-GiB bundle front to back with a bounded
+buffer (a plain tar through a seekable file, a zstd one as a stream), and compression (``--zstd``, the optional ``zstandard`` package)
 changes nothing else.  Writing goes to a temp file next to the target, fsynced and renamed: a medium pulled
 out mid-write holds the old file or none, never half of a new one.
 """
@@ -77,15 +77,18 @@ def reader(path: Path) -> Iterator[tarfile.TarFile]:
     except OSError as exc:
         raise NotFound(f"{path}: cannot read the bundle: {exc.strerror}") from None
     with raw:
-        stream: IO[bytes] = raw
-        if raw.read(4) == ZSTD_MAGIC:
-            raw.seek(0)
-            stream = _zstandard().ZstdDecompressor().stream_reader(raw, read_size=BUFFER, closefd=False)
-        else:
-            raw.seek(0)
+        compressed = raw.read(4) == ZSTD_MAGIC
+        raw.seek(0)
         try:
-            with tarfile.open(fileobj=stream, mode="r|", bufsize=BUFFER) as tar:
-                yield tar
+            if compressed:
+                stream = _zstandard().ZstdDecompressor().stream_reader(raw, read_size=BUFFER, closefd=False)
+                with tarfile.open(fileobj=stream, mode="r|", bufsize=BUFFER) as tar:
+                    yield tar
+            else:
+                # seekable: members are read straight from the file (tarfile's stream mode copies every
+                # byte through its own buffer, which cost more than the sha256 of the blobs)
+                with tarfile.open(fileobj=raw, mode="r:") as tar:
+                    yield tar
         except (tarfile.TarError, EOFError, OSError, ValueError) as exc:
             if isinstance(exc, OSError) and not _is_decode_error(exc):
                 raise
