@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -22,7 +21,7 @@ import pygit2
 
 from reconciler.artifacts.registry import RegistryClient
 from reconciler.bundle import bundlefile, gitpack, signature
-from reconciler.bundle.format import MANIFEST, SIGNATURE, BundleManifest, Member
+from reconciler.bundle.format import MANIFEST, SIGNATURE, BundleManifest, file_member
 from reconciler.bundle.ocilayout import LayoutWriter
 from reconciler.credentials import CredentialStore
 from reconciler.errors import NotFound, UsageError
@@ -98,7 +97,7 @@ def create_bundle(req: CreateRequest) -> BundleManifest:
         if acks:  # the server's status tips: the devices learn which of their status commits arrived
             gitpack.write_pack(statuses.repo, acks.values(), staging / "git")
         tips.update(acks)
-        members = [_member(staging, p) for p in _files(staging)]
+        members = [file_member(p, p.relative_to(staging).as_posix()) for p in _files(staging)]
         manifest = BundleManifest(
             kind="FleetBundle", sequence=req.sequence if req.sequence is not None else int(time.time() * 1000),
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), branch=fleet.branch, commit=str(commit),
@@ -144,14 +143,3 @@ def _files(staging: Path) -> Sequence[Path]:
     # the small members first: a device learns what the bundle is before the bulk of it streams by
     small = [staging / "oci" / "oci-layout", staging / "oci" / "index.json", *sorted((staging / "git").iterdir())]
     return [*small, *sorted((staging / "oci" / "blobs" / "sha256").iterdir())]
-
-
-def _member(staging: Path, path: Path) -> Member:
-    rel = path.relative_to(staging).as_posix()
-    if rel.startswith("oci/blobs/sha256/"):  # verified against its name when it was copied in
-        return Member(rel, path.stat().st_size, path.name)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1024 * 1024):
-            h.update(chunk)
-    return Member(rel, path.stat().st_size, h.hexdigest())

@@ -9,10 +9,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from reconciler.errors import IntegrityError
@@ -69,6 +71,17 @@ class BundleManifest:
     @property
     def payload_bytes(self) -> int:
         return sum(m.size for m in self.members)
+
+
+def file_member(path: Path, name: str) -> Member:
+    """``path`` as member ``name``: its size and sha256 (a blob's is its name: it was verified on the way in)."""
+    if name.startswith("oci/blobs/sha256/"):
+        return Member(name, path.stat().st_size, path.name)
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1024 * 1024):
+            h.update(chunk)
+    return Member(name, path.stat().st_size, h.hexdigest())
 
 
 def member_path_ok(path: str) -> bool:

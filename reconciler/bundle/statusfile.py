@@ -17,7 +17,7 @@ from pathlib import Path
 import pygit2
 
 from reconciler.bundle import bundlefile, gitpack
-from reconciler.bundle.format import MANIFEST, BundleManifest, Member
+from reconciler.bundle.format import MANIFEST, BundleManifest, file_member
 from reconciler.bundle.unpack import read_bundle
 from reconciler.errors import IntegrityError, NonFastForward
 from reconciler.git.mirror import FleetMirror, GitAuth, ref_target
@@ -43,7 +43,7 @@ def write(repo: pygit2.Repository, device: str, out_dir: Path) -> Path | None:
     with tempfile.TemporaryDirectory(prefix="reconciler-status-") as tmp:
         packs = Path(tmp)
         gitpack.write_pack(repo, [tip], packs)
-        members = [Member(f"git/{p.name}", p.stat().st_size, _sha256(p)) for p in sorted(packs.iterdir())]
+        members = [file_member(p, f"git/{p.name}") for p in sorted(packs.iterdir())]
         manifest = BundleManifest(
             kind="StatusBundle", sequence=int(time.time() * 1000),
             created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), branch=f"status/{device}",
@@ -84,13 +84,3 @@ def import_status(path: Path, url: str, auth: GitAuth, *, timeout: float = 60.0)
         mirror.repo.references.create(ref, tip, force=True)
         mirror.push_ref(ref, ref)
         return Imported(device, str(tip), new)
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1024 * 1024):
-            h.update(chunk)
-    return h.hexdigest()

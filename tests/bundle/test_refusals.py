@@ -8,6 +8,7 @@ import io
 import json
 import subprocess
 import tarfile
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,19 @@ def blob_offset(bundle: Path) -> tuple[int, int]:
     with tarfile.open(bundle) as tar:
         biggest = max((m for m in tar.getmembers() if m.name.startswith("oci/blobs/")), key=lambda m: m.size)
         return biggest.offset_data, biggest.size
+
+
+def rewrite(src: Path, dst: Path, name: str, change: Callable[[bytes], bytes]) -> Path:
+    """A copy of the bundle ``src`` with member ``name``'s bytes changed (its tar header follows the size)."""
+    with tarfile.open(src) as original, tarfile.open(dst, "w") as copy:
+        for m in original.getmembers():
+            f = original.extractfile(m)
+            body = f.read() if f else b""
+            if m.name == name:
+                body = change(body)
+                m.size = len(body)
+            copy.addfile(m, io.BytesIO(body))
+    return dst
 
 
 def test_tampered_and_truncated_bundles_change_nothing(lab: Lab, tmp_path: Path,
@@ -52,15 +66,8 @@ def test_tampered_and_truncated_bundles_change_nothing(lab: Lab, tmp_path: Path,
     assert device_files(lab) == before
 
     # a changed index.json: the member hashes in manifest.json catch it before any git or blob is used
-    index_changed = tmp_path / "index.tar"
-    with tarfile.open(good) as src, tarfile.open(index_changed, "w") as dst:
-        for m in src.getmembers():
-            f = src.extractfile(m)
-            body = f.read() if f else b""
-            if m.name == "oci/index.json":
-                body = body.replace(b'"schemaVersion": 2', b'"schemaVersion": 3')
-                assert len(body) == m.size
-            dst.addfile(m, io.BytesIO(body))
+    index_changed = rewrite(good, tmp_path / "index.tar", "oci/index.json",
+                            lambda body: body.replace(b'"schemaVersion": 2', b'"schemaVersion": 3'))
     assert apply(config, index_changed) == 1
     assert "member oci/index.json was changed" in capsys.readouterr().err
     assert device_files(lab) == before
@@ -90,17 +97,12 @@ def test_with_trust_set_unsigned_bundles_and_unsigned_commits_are_refused(
     assert device_files(lab) == before
 
     # a manifest changed after signing (here: its sequence) fails the signature
-    resigned = tmp_path / "resigned.tar"
-    with tarfile.open(signed) as src, tarfile.open(resigned, "w") as dst:
-        for m in src.getmembers():
-            f = src.extractfile(m)
-            body = f.read() if f else b""
-            if m.name == "manifest.json":
-                doc = json.loads(body)
-                doc["sequence"] += 1
-                body = json.dumps(doc).encode()
-                m.size = len(body)
-            dst.addfile(m, io.BytesIO(body))
+    def resequence(body: bytes) -> bytes:
+        doc = json.loads(body)
+        doc["sequence"] += 1
+        return json.dumps(doc).encode()
+
+    resigned = rewrite(signed, tmp_path / "resigned.tar", "manifest.json", resequence)
     assert apply(config, resigned) == 1
     assert "the signature does not match manifest.json" in capsys.readouterr().err
     assert device_files(lab) == before
