@@ -50,7 +50,7 @@ def test_offline_device_updates_from_bundles_and_status_returns(
         lab.setup()
         first = git(lab.server, "rev-parse", "main")
         assert create(lab, media / "b1.tar", "--device", "dev1", "--sign-key", str(key)) == 0
-        lab.commit({"groups/all.yaml": lab.group_yaml("2.0", [{"detector_id": "det_a", "model": "counter"}])})
+        lab.commit({"groups/all.yaml": lab.group_yaml("2.0", [{"detector_id": "det_a00000000000000000000000000", "model": "counter"}])})
         second = git(lab.server, "rev-parse", "main")
         assert create(lab, media / "b2.tar", "--group", "all", "--since", first, "--sign-key", str(key)) == 0
     # the registry is gone, and the device's repo URL points at a port nothing listens on
