@@ -283,8 +283,10 @@ class Reconciler:
             changed = status_doc.significant(previous) != status_doc.significant(status_doc.render(doc))
             if due or changed:
                 # what will wait on the device after this cycle's push, as state.json counts it: offline (the
-                # fetch failed) this commit queues behind the others; online the push below takes them all
-                doc["push"]["pending"] = doc["push"]["pending"] + 1 if cycle.fetch_error is not None else 0
+                # fetch failed) or refused last time, this commit queues behind the others; else the push below
+                # takes them all
+                stuck = cycle.fetch_error is not None or self.state.push_refused
+                doc["push"]["pending"] = doc["push"]["pending"] + 1 if stuck else 0
                 message = status_message.commit_message(status_doc.parse(previous), doc, heartbeat=not changed)
                 if self.writer.commit(status_doc.render(doc), message) is not None:
                     self.state.last_status_commit = time.time()

@@ -95,7 +95,7 @@ def test_the_local_api_of_a_running_agent(agent: tuple[Lab, subprocess.Popen[byt
     assert status_doc.significant(yaml.safe_dump(live)) == status_doc.significant(yaml.safe_dump(committed))
 
     code, body = curl(sock, "/v1/detectors")
-    assert code == 200 and [d["detector_id"] for d in json.loads(body)["detectors"]] == ["det_a"]
+    assert code == 200 and [d["detector_id"] for d in json.loads(body)["detectors"]] == ["det_a00000000000000000000000000"]
 
     code, body = curl(sock, "/metrics")
     got = samples(body)
