@@ -38,8 +38,9 @@ def build_view(device: str, status: Mapping[str, Any], state_models: Mapping[str
     for entry in status.get("models") or []:
         info = state_models.get(entry["name"], {})
         port = (info.get("workload") or {}).get("port")
-        # the process runtime's workload listens on the host at its port; docker publishes on a port it picks
-        address = f"127.0.0.1:{port}" if port is not None and runtime == "process" else info.get("address")
+        # the executor records where each started workload answers (publishAddress:port, either runtime);
+        # state written before it did so only has the port, which a process workload listens on locally
+        address = info.get("address") or (f"127.0.0.1:{port}" if port is not None and runtime == "process" else None)
         models.append({"name": entry["name"], "version": entry["version"], "digest": entry.get("digest"),
                        "state": entry.get("state"), "since": entry.get("since"), "address": address,
                        "signer": entry.get("signedBy"), "lastError": entry.get("lastError")})

@@ -63,6 +63,21 @@ def test_models_answer_like_wallaroo_edge_get_models() -> None:
     assert broken["state"] == "failed" and broken["address"] is None and "exited 1" in broken["lastError"]
 
 
+def test_models_of_a_docker_device_answer_on_their_published_address() -> None:
+    app = App("edge1", Liveness(60), Recorder(), wake=lambda: None)
+    s = status()
+    s["models"]["counter"]["address"] = "0.0.0.0:8123"
+    s["models"]["counter"]["workload"] = {"port": 8123}
+    app.publish(build_view("edge1", s["doc"], s["models"], s["desired"], [], "docker"))
+    code, doc = body(app, "/v1/models")
+    counter = next(m for m in doc["models"] if m["name"] == "counter")
+    assert code == 200 and counter["address"] == "0.0.0.0:8123"
+    del s["models"]["counter"]["address"]  # a docker model with no recorded address: none, not a guess
+    app.publish(build_view("edge1", s["doc"], s["models"], s["desired"], [], "docker"))
+    counter = next(m for m in body(app, "/v1/models")[1]["models"] if m["name"] == "counter")
+    assert counter["address"] is None
+
+
 def test_status_is_the_status_document_and_detectors_carry_their_settings() -> None:
     app, _ = app_with_view()
     assert body(app, "/v1/status") == (200, json.loads(json.dumps(status()["doc"])))
