@@ -16,6 +16,7 @@
     │   └── DiskFull                ENOSPC / EDQUOT while writing: names the path
     └── Transient                   retry with backoff: network errors, timeouts, 5xx
         ├── DeadlineExceeded
+        ├── DaemonUnreachable       no Docker daemon answers (stopped, restarting): it may come back
         └── Unexpected              any other exception out of one agent pass (a bug): logged with its
                                     traceback, reported, and the loop backs off and goes on
 
@@ -138,6 +139,10 @@ class Transient(ReconcilerError):
 
 class DeadlineExceeded(Transient):
     reason = "DeadlineExceeded"
+
+
+class DaemonUnreachable(Transient):
+    reason = "DaemonUnreachable"
 
 
 class Unexpected(Transient):

@@ -57,7 +57,7 @@ class DockerRuntime:
         self.stop_timeout = int(options.get("stopTimeout", 10))
 
     def client(self) -> Any:
-        """A connected client; ``RuntimeUnavailable`` within ``connectTimeout`` when no daemon answers."""
+        """A connected client; ``DaemonUnreachable`` within ``connectTimeout`` when no daemon answers."""
         return self.connection.client()
 
     # -- images ---------------------------------------------------------------------------------------

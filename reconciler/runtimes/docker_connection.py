@@ -14,7 +14,15 @@ from collections.abc import Iterator
 from typing import Any
 
 from reconciler.credentials import mask
-from reconciler.errors import AuthError, NotFound, ReconcilerError, RuntimeUnavailable, Stalled, Transient
+from reconciler.errors import (
+    AuthError,
+    DaemonUnreachable,
+    NotFound,
+    ReconcilerError,
+    RuntimeUnavailable,
+    Stalled,
+    Transient,
+)
 
 
 class DockerConnection:
@@ -30,7 +38,8 @@ class DockerConnection:
         return self.host or os.environ.get("DOCKER_HOST") or "the default socket (unix:///var/run/docker.sock)"
 
     def client(self) -> Any:
-        """A connected client; ``RuntimeUnavailable`` within ``connectTimeout`` when no daemon answers."""
+        """A connected client; ``DaemonUnreachable`` (transient: a daemon restarting or started after the agent
+        comes back) within ``connectTimeout`` when no daemon answers."""
         if self._client is not None:
             return self._client
         import docker
@@ -43,7 +52,7 @@ class DockerConnection:
                 client = docker.from_env(version="auto", timeout=self.connect_timeout)
             client.ping()
         except (docker.errors.DockerException, requests.RequestException, OSError) as exc:
-            raise RuntimeUnavailable(
+            raise DaemonUnreachable(
                 f"runtime docker: no Docker daemon answers at {self._where()} ({type(exc).__name__}); "
                 "start dockerd, or set dockerHost in the agent configuration, or use runtime: process"
             ) from None

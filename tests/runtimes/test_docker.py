@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from reconciler.credentials import CredentialStore
-from reconciler.errors import AuthError, InvalidConfig, NotFound, RuntimeUnavailable, Stalled
+from reconciler.errors import AuthError, DaemonUnreachable, InvalidConfig, NotFound, RuntimeUnavailable, Stalled
 from reconciler.model import HealthCheck, Observed, RegistryConfig, Resources, Workload
 from reconciler.runtimes import get_runtime
 from reconciler.runtimes.docker import DockerRuntime, _trim_logs
@@ -416,10 +416,10 @@ def test_image_is_pulled_by_digest_with_the_devices_credentials(
 
 @pytest.mark.integration
 @pytest.mark.parametrize("host", ["unix:///nonexistent/docker.sock", "tcp://127.0.0.1:{port}"])
-def test_unreachable_daemon_is_runtime_unavailable_fast(host: str, tmp_path: Path) -> None:
+def test_unreachable_daemon_is_transient_and_fast(host: str, tmp_path: Path) -> None:
     rt = DockerRuntime(tmp_path, {"dockerHost": host.format(port=free_port())})
     start = time.monotonic()
-    with pytest.raises(RuntimeUnavailable, match="no Docker daemon answers at") as err:
+    with pytest.raises(DaemonUnreachable, match="no Docker daemon answers at") as err:
         rt.observe("edge-1")
     assert time.monotonic() - start < 6
-    assert err.value.reason == "RuntimeUnavailable"
+    assert err.value.reason == "DaemonUnreachable"
