@@ -8,7 +8,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ import pytest
 from reconciler.artifacts.registry import RegistryClient
 from reconciler.artifacts.store import ArtifactStore
 from reconciler.errors import DeadlineExceeded, LockHeld, ReconcilerError, Transient
+from tests.hardening.conftest import http_server
 
 BLOB = bytes(range(256)) * 64  # 16 KiB
 
@@ -66,17 +67,11 @@ class Trickle(BaseHTTPRequestHandler):
 @pytest.fixture
 def trickle() -> Iterator[tuple[str, type[Trickle]]]:
     handler = type("Handler", (Trickle,), {"stop": threading.Event()})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield f"127.0.0.1:{server.server_address[1]}", handler
+        with http_server(handler) as address:
+            yield address, handler
     finally:
         handler.stop.set()
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 def test_scenario_03_deadline_holds_while_a_registry_sends_a_byte_at_a_time(
@@ -150,16 +145,8 @@ class Flood(BaseHTTPRequestHandler):
 @pytest.fixture
 def flood() -> Iterator[tuple[str, type[Flood]]]:
     handler = type("Handler", (Flood,), {"sent": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}", handler
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with http_server(handler) as address:
+        yield address, handler
 
 
 @pytest.mark.parametrize("bearer", [False, True], ids=["error-body", "token-answer"])

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ import pytest
 from reconciler.artifacts.registry import RegistryClient
 from reconciler.artifacts.store import ArtifactStore
 from reconciler.errors import IntegrityError, NotFound
+from tests.hardening.conftest import http_server
 
 A = b"layer a " * 4096
 B = b"layer b " * 4096
@@ -64,16 +64,8 @@ class Liar(BaseHTTPRequestHandler):
 @pytest.fixture
 def liar() -> Iterator[tuple[str, type[Liar]]]:
     handler = type("Handler", (Liar,), {"blobs": {}, "ranges": []})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}", handler
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with http_server(handler) as address:
+        yield address, handler
 
 
 def test_scenario_02_registry_that_ignores_range_gives_the_whole_blob_once(
