@@ -46,7 +46,8 @@ def test_non_root_gets_one_line_naming_the_command(fresh_path: str) -> None:
 
 
 def test_pytest_skips_integration_tests_with_the_reason_and_runs_unit_tests(fresh_path: str) -> None:
-    env = {**os.environ, "PATH": fresh_path}
+    # the outer run's PYTEST_ADDOPTS (a --basetemp, say) would make the inner run clean up the outer one's dirs
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"} | {"PATH": fresh_path}
     out = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rs",
          "tests/test_quantities.py", "tests/artifacts/test_oras_interop.py"],
