@@ -169,3 +169,22 @@ def stop_workloads(*data_dirs: Path) -> Iterator[None]:
                 device = entry.name.split("--")[0]
                 for o in rt.observe(device):
                     rt.stop(o)
+
+
+@contextlib.contextmanager
+def counter_registry(workdir: Path, versions: tuple[str, ...], repeat: int) -> Iterator[tuple[str, dict[str, str]]]:
+    """A real registry with ``models/counter`` published at ``versions``: (address, {version: pinned ref})."""
+    from tests.services.registry import run_registry
+
+    with run_registry(workdir) as reg:
+        yield reg.address, {v: publish(reg.address, workdir, "models/counter", v, f"weights {v}".encode() * repeat)
+                            for v in versions}
+
+
+@contextlib.contextmanager
+def running_lab(root: Path, artifacts: tuple[str, dict[str, str]], *more_data_dirs: Path) -> Iterator[Lab]:
+    """A set-up ``Lab`` whose workloads (and those under ``more_data_dirs``) are stopped at the end."""
+    lab = Lab(root, *artifacts)
+    lab.setup()
+    with stop_workloads(lab.data_dir, *more_data_dirs):
+        yield lab

@@ -15,28 +15,21 @@ import pytest
 import yaml
 
 from reconciler.main import main
-from tests.agentlab import Lab, publish, stop_workloads
+from tests.agentlab import Lab, counter_registry, running_lab
 from tests.fleetutil import git
-from tests.services.registry import run_registry
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
-    work = tmp_path_factory.mktemp("registry")
-    with run_registry(work) as reg:
-        refs = {v: publish(reg.address, work, "models/counter", v, f"weights {v}".encode() * 1000)
-                for v in ("1.0", "2.0", "3.0")}
-        yield reg.address, refs
+    with counter_registry(tmp_path_factory.mktemp("registry"), ("1.0", "2.0", "3.0"), 1000) as found:
+        yield found
 
 
 @pytest.fixture
 def lab(tmp_path: Path, artifacts: tuple[str, dict[str, str]]) -> Iterator[Lab]:
-    address, refs = artifacts
-    lab = Lab(tmp_path, address, refs)
-    lab.setup()
-    with stop_workloads(lab.data_dir, tmp_path / "data-dev2"):
+    with running_lab(tmp_path, artifacts, tmp_path / "data-dev2") as lab:
         yield lab
 
 

@@ -17,7 +17,7 @@ import yaml
 
 from reconciler.main import main
 from reconciler.views.options import parse_since
-from tests.agentlab import Lab, publish, stop_workloads
+from tests.agentlab import Lab, publish, running_lab
 from tests.fleetutil import git
 from tests.services.registry import run_registry
 
@@ -35,10 +35,7 @@ def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, d
 
 @pytest.fixture
 def lab(tmp_path: Path, artifacts: tuple[str, dict[str, str]]) -> Iterator[Lab]:
-    address, refs = artifacts
-    lab = Lab(tmp_path, address, refs)
-    lab.setup()
-    with stop_workloads(lab.data_dir):
+    with running_lab(tmp_path, artifacts) as lab:
         yield lab
 
 
